@@ -499,7 +499,8 @@ class ObjectMeta(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: str = Field(
-        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        # A DNS-1035 label (a letter first): the job's headless Service is named after it.
+        pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
         max_length=50,
         description="Job name: a DNS label, short enough for `<name>-worker-<i>`.",
     )

@@ -1,0 +1,150 @@
+"""Our training loop against a plain `model.fit`, on the same model, data and optimizer.
+
+Both train the same freshly built small ResNet on the same in-memory tf.data pipeline (random
+images, cached, prefetched), for a warm-up epoch (tracing, excluded) and then epochs taken in turns;
+the figure is images per second of the best epoch of each; the overhead is how much slower our loop is
+than `fit` (negative: faster). The aim is at most 5%. XLA (`jit_compile`) is measured both ways
+for both, which is where the choice in `aimass_trainer.loop` comes from.
+
+    python -m bench.train_step [--size 64] [--images 1024] [--rounds 3] [--architecture ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import replace
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from aimass.progress import Silent  # noqa: E402
+from aimass.spec import Architecture, FineTune, Model, Optimizer  # noqa: E402
+from aimass_trainer.finetune import FineTunePlan  # noqa: E402
+from aimass_trainer.loop import LoopSettings, LoopState, TrainingLoop  # noqa: E402
+from aimass_trainer.models import build_model  # noqa: E402
+
+CLASSES = 5
+BATCH = 32
+
+
+def make_dataset(images: int, size: int, seed: int = 0) -> tf.data.Dataset:
+    rng = np.random.default_rng(seed)
+    pixels = rng.uniform(0, 1, size=(images, size, size, 3)).astype(np.float32)
+    labels = rng.integers(0, CLASSES, size=images).astype(np.int32)
+    dataset = tf.data.Dataset.from_tensor_slices((pixels, labels)).batch(BATCH, drop_remainder=True)
+    return dataset.cache().prefetch(tf.data.AUTOTUNE)
+
+
+def fresh_model(architecture: Architecture, size: int) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    return build_model(architecture, (size, size, 3), CLASSES)
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+class _FitRunner:
+    """Plain Keras: compile once, then one `fit` epoch per round, timed by a callback."""
+
+    def __init__(self, dataset: tf.data.Dataset, args: argparse.Namespace, jit: bool) -> None:
+        self.dataset = dataset
+        self.model = fresh_model(args.architecture, args.size)
+        self.model.compile(
+            optimizer=keras.optimizers.Adam(1e-3),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+            jit_compile=jit,
+        )
+        self.timer = _EpochTimer()
+
+    def epoch(self) -> float:
+        self.model.fit(self.dataset, epochs=1, verbose=0, callbacks=[self.timer])
+        return self.timer.seconds[-1]
+
+
+class _LoopRunner:
+    """Our loop on the same model and data, one epoch per round."""
+
+    def __init__(self, dataset: tf.data.Dataset, args: argparse.Namespace, jit: bool) -> None:
+        self.settings = LoopSettings(
+            epochs=0,
+            steps_per_epoch=int(dataset.cardinality()),
+            learning_rate=1e-3,
+            optimizer=Optimizer.ADAM,
+            jit_compile=jit,
+        )
+        self.loop = TrainingLoop(
+            strategy=tf.distribute.get_strategy(),
+            model=fresh_model(args.architecture, args.size),
+            train=lambda context: dataset,
+            validation=None,
+            settings=self.settings,
+            plan=FineTunePlan.from_spec(Model(), FineTune()),
+            reporter=Silent(),
+        )
+        self.loop.prepare(1)
+        self.state = LoopState()
+
+    def epoch(self) -> float:
+        self.loop.settings = replace(self.settings, epochs=self.state.completed_epochs + 1)
+        self.state = self.loop.run(self.state)
+        return self.state.history[-1]["seconds"]
+
+
+def compare(dataset: tf.data.Dataset, args: argparse.Namespace, jit: bool) -> tuple[float, float]:
+    """Images per second of fit and of our loop: the best of `rounds` epochs each, taken in
+    turns after a warm-up epoch, so that a busy machine slows both alike."""
+    images = int(dataset.cardinality()) * BATCH
+    runners = [_FitRunner(dataset, args, jit), _LoopRunner(dataset, args, jit)]
+    for runner in runners:
+        runner.epoch()
+    best = [float("inf"), float("inf")]
+    for _ in range(args.rounds):
+        for index, runner in enumerate(runners):
+            best[index] = min(best[index], runner.epoch())
+    return images / best[0], images / best[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--architecture", type=Architecture, default=Architecture.RESNET_SMALL,
+        choices=list(Architecture),
+    )
+    args = parser.parse_args(argv if argv is not None else [])
+    dataset = make_dataset(args.images, args.size)
+    print(
+        f"{args.architecture.value}, {args.size} px, {args.images} images, batch {BATCH}, "
+        f"best of {args.rounds} epochs each, in turns, after one warm-up, {tf.config.list_physical_devices()}",
+        flush=True,
+    )
+    print(f"{'jit_compile':>12} {'fit img/s':>10} {'ours img/s':>11} {'overhead':>9}")
+    for jit in (False, True):
+        baseline, ours = compare(dataset, args, jit)
+        overhead = (baseline / ours - 1.0) * 100.0
+        print(f"{str(jit):>12} {baseline:10.1f} {ours:11.1f} {overhead:8.1f}%", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))
