@@ -12,6 +12,7 @@ work where only the operator extra is installed. Exit codes are `aimass.exitcode
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -32,6 +33,14 @@ from aimass.exitcodes import ExitCode
 DEFAULT_DATA_DIR = Path(".aimass/s3")
 DEFAULT_CACHE_DIR = Path(".aimass/cache")
 TOKEN_PATH = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+EXIT_CODES_HELP = """exit codes:
+  0    success (or the job had already succeeded)
+  1    training failed (retried by the operator)
+  2    invalid TrainingJob or command line (permanent)
+  3    dataset error: missing prefix, empty class, fewer than two classes (permanent)
+  4    S3 unreachable or refusing the credentials (retried)
+  130  interrupted; the last checkpoint is kept and a rerun resumes from it"""
 
 logger = logging.getLogger("aimass")
 out = Console()
@@ -56,25 +65,35 @@ def s3_session(endpoint: str | None, data_dir: Path, *, quiet: bool = False) -> 
         yield
         return
 
-    from aimass.seaweed import SeaweedServer
+    from aimass.seaweed import SeaweedError, SeaweedServer
 
-    with SeaweedServer(data_dir) as server:
+    server = SeaweedServer(data_dir)
+    try:
+        server.start()
+    except SeaweedError as error:
+        # TODO: share one embedded server between concurrent commands on the same folder.
+        raise SeaweedError(
+            f"{error}. If another aimass command is using {data_dir}, wait for it to finish, "
+            "point AWS_ENDPOINT_URL at a running server (`aimass s3 serve`), or pass another "
+            "--data-dir"
+        ) from None
+    saved = {key: os.environ.get(key) for key in server.env}
+    try:
         if not quiet:
             err.print(
                 f"storage: no endpoint given, using the embedded SeaweedFS at {server.endpoint} "
                 f"(data in {data_dir})",
                 soft_wrap=True,
             )
-        saved = {key: os.environ.get(key) for key in server.env}
         os.environ.update(server.env)
-        try:
-            yield
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()
 
 
 # --- train ------------------------------------------------------------------------------------
@@ -140,7 +159,7 @@ def summary_rows(
         "images/s": metrics.get("images_per_second"),
         "images used": images.get("used"),
         "images skipped": images.get("skipped"),
-        "wall time (s)": round(seconds, 1),
+        "wall time": f"{seconds:.0f} s",
         "model": result.model_uri,
     }
 
@@ -154,7 +173,9 @@ def command_train(args: argparse.Namespace) -> int:
     job = load_job_from_env() if args.from_env else spec.load_job(args.file)
     cache_dir = Path(args.cache_dir or os.environ.get("AIMASS_CACHE_DIR") or DEFAULT_CACHE_DIR)
     if not args.debug:
+        # TensorFlow's own chatter (autograph and retracing notes) is for --debug only.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
     signal.signal(signal.SIGTERM, _raise_interrupt)
 
     with s3_session(job.spec.storage.endpoint, Path(args.data_dir)):
@@ -233,27 +254,37 @@ def command_s3_serve(args: argparse.Namespace) -> int:
 # --- delegations to the operator package ------------------------------------------------------
 
 
-def delegate(module: str, argv: Sequence[str]) -> int:
+# The command and the module of `aimass_operator` whose main(argv) implements it.
+DELEGATES = {"crd": "crd", "operator": "main"}
+
+
+def delegate(command: str, argv: Sequence[str]) -> int:
     """Run `aimass_operator.<module>.main(argv)`; only the operator extra provides it."""
+    module = DELEGATES[command]
     try:
-        target = __import__(f"aimass_operator.{module}", fromlist=["main"])
+        target = importlib.import_module(f"aimass_operator.{module}")
     except ImportError as error:
         err.print(
-            f"aimass {module if module == 'crd' else 'operator'}: the operator is not installed "
-            f"({error}); install it with `pip install 'aimass[operator]'`",
+            f"aimass {command}: the operator is not installed ({error}); "
+            "install it with `pip install 'aimass[operator]'`",
+            markup=False,
             highlight=False,
+            soft_wrap=True,
         )
         return ExitCode.TRAINING_FAILED
-    result = target.main(list(argv))
-    return int(result or 0)
+    return int(target.main(list(argv)) or 0)
 
 
 # --- the parser and error mapping -------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # NB: a subcommand's default would overwrite `aimass --debug train`, hence SUPPRESS there.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="debug logs and full tracebacks")
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS,
+        help="debug logs and full tracebacks",
+    )
     store = argparse.ArgumentParser(add_help=False)
     store.add_argument(
         "--data-dir",
@@ -261,7 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of the embedded S3 server, used when no endpoint is set (%(default)s)",
     )
 
-    parser = argparse.ArgumentParser(prog="aimass", parents=[common], description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="aimass",
+        description="Train and fine-tune image classifiers from TrainingJob YAML, locally or "
+        "in Kubernetes.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="debug logs and full tracebacks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", parents=[common, store], help="run a TrainingJob")
@@ -347,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
 
     # The operator's commands parse their own options; forward them untouched.
-    if argv and argv[0] in ("crd", "operator"):
+    if argv and argv[0] in DELEGATES:
         return delegate(argv[0], argv[1:])
 
     args = build_parser().parse_args(argv)

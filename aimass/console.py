@@ -103,7 +103,7 @@ class RichProgress:
         if self._progress is not None and self._task is not None:
             self._progress.remove_task(self._task)
             self._task = None
-        self.console.print(format_epoch(metrics))
+        self.console.print(format_epoch(metrics), highlight=False, soft_wrap=True)
 
     def on_train_end(self, *, model_uri: str | None, final: Mapping[str, float]) -> None:
         if self._progress is not None:
@@ -111,7 +111,10 @@ class RichProgress:
             self._progress = None
         elapsed = time.monotonic() - self._started if self._started else 0.0
         if model_uri:
-            self.console.print(f"model written to {model_uri} after {elapsed:.0f} s")
+            self.console.print(
+                f"model written to {model_uri} after {elapsed:.0f} s", highlight=False,
+                soft_wrap=True,
+            )
 
 
 def _cell(value: Any) -> str:

@@ -135,14 +135,16 @@ def _translated(action: str, uri: str) -> Iterator[None]:
         ) from error
 
 
-def _list_page_iter(client: Any, bucket: str, prefix: str, delimiter: str | None) -> Iterator[
-    dict[str, Any]
-]:
-    paginator = client.get_paginator("list_objects_v2")
+def _pages(
+    client: Any, bucket: str, prefix: str, delimiter: str | None, page_size: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every page of a ListObjectsV2 listing (S3 returns at most 1000 keys a page)."""
     kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
     if delimiter:
         kwargs["Delimiter"] = delimiter
-    yield from paginator.paginate(**kwargs)
+    if page_size:
+        kwargs["PaginationConfig"] = {"PageSize": page_size}
+    yield from client.get_paginator("list_objects_v2").paginate(**kwargs)
 
 
 def _objects_in(pages: Iterator[dict[str, Any]]) -> list[ObjectInfo]:
@@ -153,31 +155,35 @@ def _objects_in(pages: Iterator[dict[str, Any]]) -> list[ObjectInfo]:
     ]
 
 
-def list_prefixes(client: Any, uri: str) -> tuple[list[str], list[ObjectInfo]]:
+def list_prefixes(
+    client: Any, uri: str, *, page_size: int | None = None
+) -> tuple[list[str], list[ObjectInfo]]:
     """One level under `uri`: the subfolder keys (ending in "/") and the objects directly in it."""
     bucket, key = parse_s3_uri(uri)
     prefix = _as_prefix(key)
     folders: list[str] = []
     objects: list[ObjectInfo] = []
     with _translated("list", uri):
-        for page in _list_page_iter(client, bucket, prefix, "/"):
+        for page in _pages(client, bucket, prefix, "/", page_size):
             folders.extend(item["Prefix"] for item in page.get("CommonPrefixes", []))
             objects.extend(_objects_in(iter([page])))
     return folders, objects
 
 
-def list_objects(client: Any, uri: str, *, workers: int = DEFAULT_WORKERS) -> list[ObjectInfo]:
+def list_objects(
+    client: Any, uri: str, *, workers: int = DEFAULT_WORKERS, page_size: int | None = None
+) -> list[ObjectInfo]:
     """Every object under the folder `uri`, sorted by key.
 
     The subfolders one level down are listed concurrently, which is what makes a dataset with
-    many class folders quick to index.
+    many class folders quick to index. `page_size` (keys per request) is for tests.
     """
     bucket, _ = parse_s3_uri(uri)
-    folders, objects = list_prefixes(client, uri)
+    folders, objects = list_prefixes(client, uri, page_size=page_size)
 
     def list_folder(folder: str) -> list[ObjectInfo]:
         with _translated("list", f"s3://{bucket}/{folder}"):
-            return _objects_in(_list_page_iter(client, bucket, folder, None))
+            return _objects_in(_pages(client, bucket, folder, None, page_size))
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(folders)))) as pool:
         for found in pool.map(list_folder, folders):

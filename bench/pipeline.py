@@ -5,9 +5,12 @@ when installed, else synthetic shapes), resize to 64 and to 224 px, apply the sa
 transforms (rotation, shifts, shear, zoom, horizontal flip, brightness; ImageDataGenerator has
 no contrast, so neither side uses it) and the same rescale, in batches of 32.
 
-Two figures per side, in images per second:
-- steady: epochs after the first (what a long training run sees);
-- first epoch: including everything before it - ours decodes and resizes every file once into
+Ours runs twice: with the default fused augmentation and with the chain of Keras preprocessing
+layers. Three figures each, with the ratio to ImageDataGenerator:
+- img/s: images per second over the epochs after the first (what a long run sees);
+- img/CPU-s: images per CPU-second of all threads - the same on a busy machine, and what
+  matters when the input pipeline shares the CPU with training;
+- 1st epoch: including everything before it - ours decodes and resizes every file once into
   memory (`aimass_trainer.cache.decode_all`, what the trainer does after fetching from S3),
   ImageDataGenerator scans the folders.
 
@@ -22,12 +25,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from aimass.spec import Augmentation, parse_spec  # noqa: E402
@@ -68,16 +71,33 @@ def write_images(root: Path, per_class: int) -> str:
     return f"synthetic shapes ({10 * per_class} PNGs, 96 px)"
 
 
-def _timed(batches: Iterator, count: int) -> tuple[float, int]:
-    """Seconds and images for `count` batches."""
-    start, images = time.perf_counter(), 0
+@dataclass(frozen=True)
+class Rates:
+    """Images per second: steady (wall clock), per CPU-second (all threads), first epoch."""
+
+    steady: float
+    per_cpu: float
+    first: float
+
+
+def _timed(batches: Iterator, count: int) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (all threads of this process) and images for `count` batches."""
+    start, cpu, images = time.perf_counter(), time.process_time(), 0
     for _ in range(count):
         images += int(next(batches)[0].shape[0])
-    return time.perf_counter() - start, images
+    return time.perf_counter() - start, time.process_time() - cpu, images
 
 
-def ours(root: Path, size: int, epochs: int) -> tuple[float, float]:
-    """(first-epoch rate including decoding, steady rate) for our pipeline."""
+def _rates(batches: Iterator, steps: int, epochs: int, start: float) -> Rates:
+    """Time the first epoch (from `start`), then `epochs` more."""
+    _, _, images = _timed(batches, steps)
+    first = images / (time.perf_counter() - start)
+    seconds, cpu, images = _timed(batches, steps * epochs)
+    return Rates(steady=images / seconds, per_cpu=images / cpu, first=first)
+
+
+def ours(root: Path, size: int, epochs: int, implementation: str) -> Rates:
+    """Our pipeline, after decoding every file once (timed as part of the first epoch)."""
     start = time.perf_counter()
     paths = sorted(root.rglob("*.png"))
     classes = sorted({path.parent.name for path in paths})
@@ -96,15 +116,11 @@ def ours(root: Path, size: int, epochs: int) -> tuple[float, float]:
         "augmentation": AUGMENTATION.model_dump(by_alias=True),
         "output": {"uri": "s3://bench/out"},
     })
-    dataset, steps, _ = train_dataset(prepared, spec)
-    batches = iter(dataset.repeat())
-    seconds, images = _timed(batches, steps)
-    first = images / (time.perf_counter() - start)
-    seconds, images = _timed(batches, steps * epochs)
-    return first, images / seconds
+    dataset, steps, _ = train_dataset(prepared, spec, implementation=implementation)
+    return _rates(iter(dataset.repeat()), steps, epochs, start)
 
 
-def baseline(root: Path, size: int, epochs: int) -> tuple[float, float]:
+def baseline(root: Path, size: int, epochs: int) -> Rates:
     """The same for ImageDataGenerator.flow_from_directory."""
     from tensorflow.keras.preprocessing.image import ImageDataGenerator
 
@@ -122,12 +138,7 @@ def baseline(root: Path, size: int, epochs: int) -> tuple[float, float]:
     ).flow_from_directory(
         str(root), target_size=(size, size), batch_size=BATCH, class_mode="sparse", seed=1
     )
-    steps = len(generator)
-    batches = iter(generator)
-    seconds, images = _timed(batches, steps)
-    first = images / (time.perf_counter() - start)
-    seconds, images = _timed(batches, steps * epochs)
-    return first, images / seconds
+    return _rates(iter(generator), len(generator), epochs, start)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,22 +153,25 @@ def main(argv: list[str] | None = None) -> int:
         source = write_images(root, args.per_class)
         print(f"images: {source}; batch {BATCH}; {os.cpu_count()} CPUs; "
               f"{args.epochs} timed epochs after the first", flush=True)
-        header = (f"{'size':>5} | {'ImageDataGenerator':>18} | {'aimass tf.data':>14} | "
-                  f"{'ratio':>6} | {'first epoch: IDG':>16} | {'ours':>8} | {'ratio':>6}")
-        rows = []
+        header = (f"{'size':>4}  {'pipeline':<26} {'img/s':>8} {'x IDG':>6}  "
+                  f"{'img/CPU-s':>9} {'x IDG':>6}  {'1st epoch img/s':>15} {'x IDG':>6}")
+        lines = [header, "-" * len(header)]
         for size in args.sizes:
-            base_first, base_steady = baseline(root, size, args.epochs)
-            our_first, our_steady = ours(root, size, args.epochs)
-            rows.append(
-                f"{size:>5} | {base_steady:>12.0f} img/s | {our_steady:>8.0f} img/s | "
-                f"{our_steady / base_steady:>5.1f}x | {base_first:>10.0f} img/s | "
-                f"{our_first:>8.0f} | {our_first / base_first:>5.1f}x"
-            )
-            print(rows[-1], flush=True)
+            runs = {
+                "ImageDataGenerator": baseline(root, size, args.epochs),
+                "aimass (keras layers)": ours(root, size, args.epochs, "layers"),
+                "aimass (fused, default)": ours(root, size, args.epochs, "fused"),
+            }
+            base = runs["ImageDataGenerator"]
+            for name, rates in runs.items():
+                lines.append(
+                    f"{size:>4}  {name:<26} {rates.steady:>8.0f} "
+                    f"{rates.steady / base.steady:>5.1f}x  {rates.per_cpu:>9.0f} "
+                    f"{rates.per_cpu / base.per_cpu:>5.1f}x  {rates.first:>15.0f} "
+                    f"{rates.first / base.first:>5.1f}x"
+                )
         print()
-        print(header)
-        print("-" * len(header))
-        print("\n".join(rows))
+        print("\n".join(lines))
     return 0
 
 

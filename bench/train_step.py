@@ -1,10 +1,10 @@
 """Our training loop against a plain `model.fit`, on the same model, data and optimizer.
 
 Both train the same freshly built small ResNet on the same in-memory tf.data pipeline (random
-images, cached, prefetched), for a warm-up epoch (tracing, excluded) and then epochs taken in turns;
-the figure is images per second of the best epoch of each; the overhead is how much slower our loop is
-than `fit` (negative: faster). The aim is at most 5%. XLA (`jit_compile`) is measured both ways
-for both, which is where the choice in `aimass_trainer.loop` comes from.
+images, cached, prefetched), for a warm-up epoch (tracing, excluded) and then epochs taken in
+turns; the figure is images per second of the best epoch of each; the overhead is how much
+slower our loop is than `fit` (negative: faster). The aim is at most 5%. XLA (`jit_compile`) is
+measured both ways for both, which is where the choice in `aimass_trainer.loop` comes from.
 
     python -m bench.train_step [--size 64] [--images 1024] [--rounds 3] [--architecture ...]
 """
@@ -15,6 +15,7 @@ import argparse
 import os
 import time
 from dataclasses import replace
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -106,18 +107,21 @@ class _LoopRunner:
         return self.state.history[-1]["seconds"]
 
 
-def compare(dataset: tf.data.Dataset, args: argparse.Namespace, jit: bool) -> tuple[float, float]:
-    """Images per second of fit and of our loop: the best of `rounds` epochs each, taken in
-    turns after a warm-up epoch, so that a busy machine slows both alike."""
+def compare(dataset: tf.data.Dataset, args: argparse.Namespace) -> dict[tuple[str, bool], float]:
+    """Images per second of fit and of our loop, with and without XLA: the best of `rounds`
+    epochs each, taken in turns after a warm-up epoch, so that a busy machine slows all alike."""
     images = int(dataset.cardinality()) * BATCH
-    runners = [_FitRunner(dataset, args, jit), _LoopRunner(dataset, args, jit)]
-    for runner in runners:
+    runners: dict[tuple[str, bool], Any] = {}
+    for jit in (False, True):
+        runners["fit", jit] = _FitRunner(dataset, args, jit)
+        runners["ours", jit] = _LoopRunner(dataset, args, jit)
+    for runner in runners.values():
         runner.epoch()
-    best = [float("inf"), float("inf")]
+    best = dict.fromkeys(runners, float("inf"))
     for _ in range(args.rounds):
-        for index, runner in enumerate(runners):
-            best[index] = min(best[index], runner.epoch())
-    return images / best[0], images / best[1]
+        for key, runner in runners.items():
+            best[key] = min(best[key], runner.epoch())
+    return {key: images / seconds for key, seconds in best.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,12 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     dataset = make_dataset(args.images, args.size)
     print(
         f"{args.architecture.value}, {args.size} px, {args.images} images, batch {BATCH}, "
-        f"best of {args.rounds} epochs each, in turns, after one warm-up, {tf.config.list_physical_devices()}",
+        f"best of {args.rounds} epochs each, in turns, after one warm-up",
         flush=True,
     )
     print(f"{'jit_compile':>12} {'fit img/s':>10} {'ours img/s':>11} {'overhead':>9}")
+    rates = compare(dataset, args)
     for jit in (False, True):
-        baseline, ours = compare(dataset, args, jit)
+        baseline, ours = rates["fit", jit], rates["ours", jit]
         overhead = (baseline / ours - 1.0) * 100.0
         print(f"{str(jit):>12} {baseline:10.1f} {ours:11.1f} {overhead:8.1f}%", flush=True)
     return 0

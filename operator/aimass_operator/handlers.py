@@ -21,6 +21,7 @@ import logging
 from typing import Any
 
 import kopf
+from prometheus_client import CollectorRegistry
 
 from aimass.spec import GROUP, PLURAL, VERSION
 from aimass_operator.metrics import OperatorMetrics
@@ -40,13 +41,13 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
-    settings.persistence.finalizer = f"{GROUP}/operator"  # named, though none is ever added
     settings.watching.server_timeout = 300
     runtime = Runtime(
         config=config,
         settings=settings,
-        metrics=config.metrics or OperatorMetrics(),
+        metrics=config.metrics or OperatorMetrics(CollectorRegistry()),
         connection=config.connection or load_connection(settings),
+        relogin=None if config.connection else lambda: load_connection(settings),
     )
     memo.runtime = runtime
     memo.sweeper = asyncio.create_task(runtime.sweep_forever(), name="aimass sweeper")
@@ -71,8 +72,7 @@ def load_connection(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
 
 @kopf.on.login()
 def login(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
-    """kopf and the operator's own client use the same connection."""
-    # TODO: re-read a rotated service-account token on re-login (the config keeps the first).
+    """kopf and the operator's own client use the same connection; a re-login re-reads it."""
     return memo.config.connection or load_connection(settings)
 
 

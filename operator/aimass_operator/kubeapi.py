@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -96,11 +96,18 @@ def _auth_headers(info: kopf.ConnectionInfo) -> dict[str, str]:
 class KubeApi:
     """JSON in, JSON out, against one API server. Create it inside the running event loop."""
 
-    def __init__(self, info: kopf.ConnectionInfo, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        info: kopf.ConnectionInfo,
+        *,
+        relogin: Callable[[], kopf.ConnectionInfo] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         self.server = info.server.rstrip("/")
-        # TODO: re-read a rotated service-account token (kopf re-logs in on 401; this does not).
+        self._auth = _auth_headers(info)
+        # Service-account tokens are rotated by the kubelet: on a 401, log in again once.
+        self._relogin = relogin
         self._session = aiohttp.ClientSession(
-            headers=_auth_headers(info),
             connector=aiohttp.TCPConnector(ssl=_ssl_context(info)),
             timeout=aiohttp.ClientTimeout(total=timeout),
         )
@@ -117,11 +124,17 @@ class KubeApi:
         params: Mapping[str, str] | None = None,
         content_type: str = "application/json",
         allow: tuple[int, ...] = (),
+        retried: bool = False,
     ) -> tuple[int, Any]:
+        headers = {**self._auth, **({"Content-Type": content_type} if body is not None else {})}
         async with self._session.request(
-            verb, self.server + path, json=body, params=params,
-            headers={"Content-Type": content_type} if body is not None else None,
+            verb, self.server + path, json=body, params=params, headers=headers,
         ) as response:
+            if response.status == 401 and self._relogin is not None and not retried:
+                # Once per call: a second 401 with fresh credentials is a real refusal.
+                self._auth = _auth_headers(self._relogin())
+                return await self._call(verb, path, body=body, params=params,
+                                        content_type=content_type, allow=allow, retried=True)
             if response.status in allow:
                 return response.status, None
             if response.status >= 400:

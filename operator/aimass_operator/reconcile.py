@@ -28,6 +28,9 @@ from aimass_operator.naming import JOB_NAME_LABEL, REPLICA_INDEX_LABEL, RESTART_
 # How often a job with nothing scheduled is looked at again anyway (the sweeper's default).
 IDLE_RECHECK_SECONDS = 60.0
 
+# Copied from the chief's last progress report into `status.metrics` on success.
+FINAL_METRICS = ("loss", "accuracy", "valLoss", "valAccuracy")
+
 STUCK_REASONS = frozenset({
     st.IMAGE_PULL_BACK_OFF, st.UNSCHEDULABLE, st.CRASH_LOOP_BACK_OFF,
     st.CREATE_CONTAINER_CONFIG_ERROR,
@@ -110,8 +113,9 @@ class _Status:
         )
         wanted = "True" if status else "False"
         changed = before is None or (before.get("status"), before.get("reason")) != (wanted, reason)
-        # A condition first written as False is bookkeeping, not news.
-        if news or (changed and (before is not None or status)):
+        # A condition first written as False is bookkeeping, not news, unless a worker is stuck.
+        first_false = before is None and not status and reason not in STUCK_REASONS
+        if news or (changed and not first_false):
             self.transitions.append(Transition(kind, status, reason, message))
 
     def clear(self, kind: str, reason: str, message: str) -> None:
@@ -142,14 +146,16 @@ def _pods_to_clean(
         if st.is_terminating(pod):
             continue
         active = st.pod_phase(pod) in ("Pending", "Running")
-        if policy == CleanPodPolicy.ALL or (active and (failed or policy == CleanPodPolicy.RUNNING)):
+        stop_active = failed or policy == CleanPodPolicy.RUNNING
+        if policy == CleanPodPolicy.ALL or (active and stop_active):
             names.append(st.pod_name(pod))
     return names
 
 
 def _finished(spec: TrainingJobSpec, pods: Sequence[Mapping[str, Any]], s: _Status) -> Plan:
     failed = st.is_true(s.conditions, st.FAILED)
-    plan = Plan(status={}, delete_pods=_pods_to_clean(pods, spec.run_policy.clean_pod_policy, failed))
+    policy = spec.run_policy.clean_pod_policy
+    plan = Plan(status={}, delete_pods=_pods_to_clean(pods, policy, failed))
     ttl = spec.run_policy.ttl_seconds_after_finished
     done_at = s.new.get("completionTime")
     if ttl is not None and done_at:
@@ -176,7 +182,7 @@ def _succeed(spec: TrainingJobSpec, s: _Status) -> None:
     s.new["completionTime"] = st.timestamp(s.now)
     s.new["modelURI"] = s.old.get("modelURI") or join_uri(spec.output.uri, "model.keras")
     progress = s.old.get("progress") or {}
-    final = {k: progress[k] for k in ("loss", "accuracy", "valLoss", "valAccuracy") if k in progress}
+    final = {key: progress[key] for key in FINAL_METRICS if key in progress}
     if final and not s.old.get("metrics"):
         s.new["metrics"] = final
 
@@ -188,7 +194,7 @@ def _on_failure(spec: TrainingJobSpec, failure: st.Failure, s: _Status, plan: Pl
     restarts = restart_count(s.old)
     limit = spec.run_policy.backoff_limit
     if code is not None and not is_retryable(code):
-        meaning = ExitCode(code).name if code in ExitCode._value2member_map_ else str(code)
+        meaning = ExitCode(code).name  # not retryable means one of the permanent codes
         _fail(s, st.WORKER_FAILED, f"{failure.message} [{meaning}: permanent, not restarted]")
     elif restarts >= limit:
         _fail(s, st.BACKOFF_LIMIT_EXCEEDED,
@@ -299,6 +305,7 @@ def preflight_failed(body: Mapping[str, Any], spec: TrainingJobSpec, message: st
     meta = body.get("metadata") or {}
     s = _Status(body.get("status") or {}, now, meta.get("generation"))
     _fail(s, st.PREFLIGHT_FAILED, message)
+    s.new["preflight"] = {"message": message, "checkTime": st.timestamp(now)}
     return s.finish(Plan(status={}), st.WorkerCounts(0, 0, 0, 0), spec.workers)
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -65,6 +67,7 @@ class Runtime:
     settings: kopf.OperatorSettings
     metrics: OperatorMetrics
     connection: kopf.ConnectionInfo
+    relogin: Callable[[], kopf.ConnectionInfo] | None = None
     _api: KubeApi | None = None
     _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     _jobs: dict[tuple[str, str], _Tracked] = field(default_factory=dict)
@@ -72,7 +75,7 @@ class Runtime:
 
     async def api(self) -> KubeApi:
         if self._api is None:
-            self._api = KubeApi(self.connection)
+            self._api = KubeApi(self.connection, relogin=self.relogin)
         return self._api
 
     async def close(self) -> None:
@@ -127,6 +130,7 @@ class Runtime:
             message = f"pre-flight could not check the dataset: {error}; retrying in {delay:g} s"
             return reconcile.storage_unreachable(body, spec, message, now), message
         log.info(f"pre-flight passed: {report.describe()}")
+        plan.status["preflight"] = st.preflight_status(report, now)
         return plan, None
 
     async def _carry_out(
@@ -202,7 +206,11 @@ class Runtime:
             for key, tracked in list(self._jobs.items()):
                 if tracked.due <= now:
                     tracked.due = now + interval  # until the reconcile says otherwise
-                    await asyncio.create_task(self._sweep(*key), context=tracked.context)
+                    task = asyncio.create_task(self._sweep(*key), context=tracked.context)
+                    # NB: a bug in one job's reconcile must not end the deadlines of all
+                    # jobs, so its exception stays in its task and is reported from there.
+                    task.add_done_callback(functools.partial(_report, key, interval))
+                    await asyncio.wait([task])
             next_due = min((tracked.due for tracked in self._jobs.values()), default=math.inf)
             self._wakeup.clear()
             try:
@@ -220,4 +228,14 @@ class Runtime:
             logger.warning(f"[{namespace}/{name}] the periodic check failed: {error}; "
                            f"retrying in {self.config.sweep_interval:g} s")
         except kopf.PermanentError as error:
-            logger.error(f"[{namespace}/{name}] {error}")
+            # Only a change of the job can help, and that reconciles it anyway.
+            if (tracked := self._jobs.get((namespace, name))) is not None:
+                tracked.due = math.inf
+            logger.error(f"[{namespace}/{name}] {error}; not checked again until it changes")
+
+
+def _report(key: tuple[str, str], interval: float, task: asyncio.Task[None]) -> None:
+    """Surface an unexpected failure of a periodic reconcile, with its traceback."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error(f"[{key[0]}/{key[1]}] the periodic check failed unexpectedly; the next "
+                     f"one is in {interval:g} s", exc_info=task.exception())

@@ -244,6 +244,21 @@ def describe_failure(pod: Mapping[str, Any]) -> Failure:
     return Failure(name, None, f"worker {name} failed: {detail}")
 
 
+def preflight_status(report: Any, now: datetime) -> dict[str, Any]:
+    """`status.preflight` from an aimass.datasets.PreflightReport."""
+    found: dict[str, Any] = {
+        "classes": len(report.class_names),
+        "classNames": list(report.class_names),
+        "trainImages": report.train.num_images,
+        "skipped": report.train.skipped,
+        "message": report.describe(),
+        "checkTime": timestamp(now),
+    }
+    if report.validation is not None:
+        found["validationImages"] = report.validation.num_images
+    return found
+
+
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any] | None:
     """A JSON merge patch turning `old` into `new` at the top level, or None if nothing changed.
 

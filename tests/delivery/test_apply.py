@@ -10,7 +10,6 @@ from pathlib import Path
 
 import kmock
 import pytest
-
 from delivery.tooling import MANIFESTS, ROOT, kustomize
 from support.kube_discovery import DiscoveryEmulator, write_kubeconfig
 
@@ -38,7 +37,8 @@ class Cluster:
         except TimeoutError:
             process.kill()
             await process.wait()
-            raise AssertionError(f"kubectl {' '.join(args)} ran over {KUBECTL_TIMEOUT_S} s")
+            command = " ".join(args)
+            raise AssertionError(f"kubectl {command} ran over {KUBECTL_TIMEOUT_S} s") from None
         text = output.decode()
         assert process.returncode == 0, f"kubectl {' '.join(args)} failed:\n{text}"
         return text
@@ -94,7 +94,7 @@ async def test_the_namespaced_overlay_installs_server_side(
     stored = cluster.stored()
     assert stored == _expected(kubectl, overlay)
     assert ("Role", "aimass-system", "aimass-operator") in stored
-    assert not [item for item in stored if item[0] == "ClusterRole" and item[2] == "aimass-operator"]
+    assert ("ClusterRole", None, "aimass-operator") not in stored
 
 
 async def test_a_first_job_applies_once_the_crd_is_installed(cluster: Cluster) -> None:

@@ -126,6 +126,7 @@ def test_every_values_key_is_commented_and_described_in_the_schema() -> None:
         ("image.tag=latest", "/image/tag"),
         ("replicas=2", "additional properties 'replicas'"),
         ("logging.format=xml", "/logging/format"),
+        ("logging.level=debug", "additional properties 'level'"),
         ("watchNamespaces[0]=Team_A", "/watchNamespaces/0"),
         ("metrics.port=80", "/metrics/port"),
     ],
@@ -161,7 +162,8 @@ def test_the_servicemonitor_is_rendered_only_when_enabled(helm: Path) -> None:
     monitor = only(monitored, "ServiceMonitor")
     service = only(monitored, "Service")
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
@@ -185,3 +187,20 @@ def test_the_notes_tell_how_to_submit_a_first_job(helm: Path) -> None:
     assert "create secret generic" in notes
     assert "AWS_ACCESS_KEY_ID" in notes and "AWS_SECRET_ACCESS_KEY" in notes
     assert "get tj" in notes
+
+
+def test_the_s3_secret_lands_where_the_jobs_run(helm: Path) -> None:
+    watched = helm_template(helm, CHART / "ci" / "s3-secret-values.yaml")
+    alone = helm_template(helm, None, "--set", "s3.secret.create=true", "--set",
+                          "s3.secret.accessKeyId=a", "--set", "s3.secret.secretAccessKey=b")
+
+    secret = only(watched, "Secret")
+    assert secret["metadata"] == secret["metadata"] | {"name": "team-s3", "namespace": "ml"}
+    assert set(secret["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert only(alone, "Secret")["metadata"]["namespace"] == "aimass-system"
+    assert not select(helm_template(helm), "Secret")
+
+
+def test_creating_the_s3_secret_without_keys_fails_with_the_missing_key(helm: Path) -> None:
+    with pytest.raises(AssertionError, match="s3.secret.accessKeyId is required"):
+        run_tool([helm, "template", "aimass", CHART, "--set", "s3.secret.create=true"])

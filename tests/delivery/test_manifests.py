@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from aimass_operator import main as operator_main
 
 from delivery.tooling import (
     CI_VALUES,
@@ -63,7 +67,8 @@ def test_the_monitoring_overlay_scrapes_the_metrics_service(kubectl: Path) -> No
     monitor = only(docs, "ServiceMonitor")
     service = only(docs, "Service")
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
 
 
 def test_the_s3_secret_template_holds_only_placeholders() -> None:
@@ -125,3 +130,18 @@ def test_the_chart_sets_every_operator_setting_the_manifests_set(
 
     # The chart adds only optional settings (S3 defaults) on top of the manifests' ones.
     assert env_names("kustomize") <= env_names("chart-default")
+
+
+def test_the_operator_reads_every_setting_the_deployments_give_it(
+    deployments: dict[str, dict[str, Any]],
+) -> None:
+    read = set(re.findall(r'"(AIMASS_[A-Z_]+)"', inspect.getsource(operator_main)))
+
+    for source, deployment in deployments.items():
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+
+        assert set(env) <= read, f"{source}: the operator ignores {set(env) - read}"
+        assert urlsplit(env["AIMASS_LIVENESS"]).port == ports["health"], source
+        assert int(env["AIMASS_METRICS_PORT"]) == ports["metrics"], source

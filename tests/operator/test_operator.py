@@ -7,9 +7,7 @@ pre-flight talks to the suite's real S3 server. Every wait is bounded by `eventu
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -18,8 +16,9 @@ import pytest
 from aimass.exitcodes import ExitCode
 from aimass.seaweed import SeaweedServer
 from aimass_operator.metrics import OperatorMetrics
-from conftest import NAMESPACE, eventually, running_operator
+from harness import NAMESPACE, SECRET_NAME, apply, eventually, running_operator
 from support.kube import (
+    EVENTS,
     JOBS,
     PODS,
     SERVICES,
@@ -28,8 +27,6 @@ from support.kube import (
     running_status,
     succeeded_status,
 )
-
-SECRET_NAME = "s3-credentials"
 
 
 @pytest.fixture
@@ -47,27 +44,6 @@ def dataset(s3_server: SeaweedServer, bucket: str) -> str:
     return f"s3://{bucket}/data/train"
 
 
-@pytest.fixture
-async def api(cluster: ClusterEmulator) -> AsyncIterator[aiohttp.ClientSession]:
-    """kubectl, in short: a client of the emulator's HTTP API."""
-    async with aiohttp.ClientSession(base_url=str(cluster.url)) as session:
-        yield session
-
-
-@pytest.fixture
-async def secret(api: aiohttp.ClientSession, s3_server: SeaweedServer) -> dict[str, str]:
-    values = {"AWS_ACCESS_KEY_ID": s3_server.access_key,
-              "AWS_SECRET_ACCESS_KEY": s3_server.secret_key}
-    body = {
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": SECRET_NAME, "namespace": NAMESPACE},
-        "data": {key: base64.b64encode(value.encode()).decode() for key, value in values.items()},
-    }
-    async with api.post(f"/api/v1/namespaces/{NAMESPACE}/secrets", json=body) as response:
-        assert response.status < 300, await response.text()
-    return values
-
-
 def make_job(name: str, train: str, endpoint: str, *, workers: int = 2,
              **run_policy: Any) -> dict[str, Any]:
     bucket = train.split("/")[2]
@@ -83,12 +59,6 @@ def make_job(name: str, train: str, endpoint: str, *, workers: int = 2,
             "runPolicy": run_policy,
         },
     }
-
-
-async def apply(api: aiohttp.ClientSession, job: dict[str, Any]) -> None:
-    path = f"/apis/aimass.dev/v1alpha1/namespaces/{NAMESPACE}/trainingjobs"
-    async with api.post(path, json=job) as response:
-        assert response.status < 300, await response.text()
 
 
 async def patch_spec(api: aiohttp.ClientSession, name: str, spec: dict[str, Any]) -> None:
@@ -113,6 +83,11 @@ def condition(cluster: ClusterEmulator, name: str, kind: str) -> dict[str, Any]:
     return found[0] if found else {}
 
 
+def event_reasons(cluster: ClusterEmulator, kind: str | None = None) -> set[str]:
+    events = cluster.live(EVENTS, NAMESPACE).values()
+    return {event["reason"] for event in events if kind in (None, event.get("type"))}
+
+
 def pods(cluster: ClusterEmulator) -> dict[str, dict[str, Any]]:
     return cluster.live(PODS, NAMESPACE)
 
@@ -127,6 +102,15 @@ async def wait_for_gang(cluster: ClusterEmulator, name: str, gang: int, workers:
         return len(found) == workers and all(gang_of(p) == str(gang) for p in found)
 
     await eventually(ready, what=f"gang {gang} of {workers} pods")
+
+
+def assert_no_credentials_logged(caplog: pytest.LogCaptureFixture, secret: dict[str, str]) -> None:
+    """Neither key in the operator's logs; the secret key nowhere, not even in boto's DEBUG."""
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith(("kopf", "aimass"))]
+    assert ours, "the operator logged nothing: the check would be empty"
+    for value in secret.values():
+        assert not [line for line in ours if value in line]
+    assert secret["AWS_SECRET_ACCESS_KEY"] not in caplog.text
 
 
 async def run_all(cluster: ClusterEmulator, name: str, workers: int = 2) -> None:
@@ -176,6 +160,31 @@ async def test_pod_phases_drive_the_status_to_succeeded(
     assert final["modelURI"].endswith("/models/flowers/model.keras")
     assert final["completionTime"] and final["startTime"]
     assert metrics.jobs_succeeded._value.get() == 1
+    assert metrics.jobs_by_phase.labels(phase="Succeeded")._value.get() == 1
+    assert metrics.jobs_by_phase.labels(phase="Running")._value.get() == 0
+    await eventually(lambda: {"PodsCreated", "AllWorkersRunning", "JobSucceeded"}
+                     <= event_reasons(cluster), what="an Event for each transition")
+
+
+@pytest.mark.usefixtures("operator", "secret")
+async def test_a_worker_whose_image_cannot_be_pulled_shows_in_the_conditions(
+    cluster: ClusterEmulator, api: aiohttp.ClientSession, dataset: str, s3_server: SeaweedServer,
+) -> None:
+    await apply(api, make_job("flowers", dataset, s3_server.endpoint))
+    await wait_for_gang(cluster, "flowers", 0)
+
+    await cluster.set_pod_status(NAMESPACE, "flowers-worker-1", {
+        "phase": "Pending",
+        "containerStatuses": [{"name": "trainer", "state": {"waiting": {
+            "reason": "ImagePullBackOff",
+            "message": 'Back-off pulling image "registry.test/aimass:test"'}}}],
+    })
+
+    await eventually(lambda: condition(cluster, "flowers", "Running").get("reason")
+                     == "ImagePullBackOff", what="Running=False, ImagePullBackOff")
+    assert "registry.test/aimass:test" in condition(cluster, "flowers", "Running")["message"]
+    await eventually(lambda: "ImagePullBackOff" in event_reasons(cluster, "Warning"),
+                     what="a Warning Event")
 
 
 @pytest.mark.usefixtures("operator", "secret")
@@ -342,8 +351,7 @@ async def test_a_missing_dataset_prefix_fails_the_preflight_before_any_pod(
     assert failed["reason"] == "PreflightFailed"
     assert "nothing/here" in failed["message"]
     assert not pods(cluster)
-    for value in secret.values():
-        assert value not in caplog.text
+    assert_no_credentials_logged(caplog, secret)
 
 
 @pytest.mark.usefixtures("operator")
@@ -359,7 +367,7 @@ async def test_the_credentials_never_appear_in_the_logs(
                      what="phase Running")
 
     assert "pre-flight passed" in caplog.text
+    assert_no_credentials_logged(caplog, secret)
     for value in secret.values():
-        assert value not in caplog.text
         for pod in pods(cluster).values():
             assert value not in str(pod)

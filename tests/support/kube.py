@@ -52,6 +52,8 @@ from aimass.spec import CATEGORIES, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, 
 JOBS = kmock.resource(GROUP, VERSION, PLURAL)
 PODS = kmock.resource("", "v1", "pods")
 SERVICES = kmock.resource("", "v1", "services")
+SECRETS = kmock.resource("", "v1", "secrets")
+EVENTS = kmock.resource("", "v1", "events")
 
 _VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
 _DECLARED = {

@@ -18,8 +18,9 @@ server-side with a PATCH that creates missing objects. kmock 0.8 falls short on 
   kubectl can apply custom objects after their CRD, as on a real server.
 
 Known gaps that remain: no OpenAPI (`/openapi/v2`, `/openapi/v3`), so kubectl runs with
-`--validate=false`; no aggregated discovery (kubectl falls back to the legacy endpoints); server-side
-apply is a plain merge without field managers or conflicts; no admission (RBAC, schema, CEL).
+`--validate=false`; no aggregated discovery (kubectl falls back to the legacy endpoints);
+server-side apply is a plain merge without field managers or conflicts; no admission (RBAC,
+schema, CEL); no creationTimestamp (kubectl shows AGE <unknown>).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class DiscoveryMixin:
         match = NAMESPACE_PATH.match(raw_request.path)
         if match is not None:
             path = f"/api/v1/namespaces/{REWRITE_PREFIX}/namespaces{match.group('rest')}"
-            raw_request = raw_request.clone(rel_url=raw_request.rel_url.with_path(path))
+            rel_url = raw_request.rel_url.with_path(path).with_query(raw_request.rel_url.query)
+            raw_request = raw_request.clone(rel_url=rel_url)
         return await super().__call__(raw_request)  # type: ignore[misc]
 
     async def _handle(self, request: rendering.Request) -> Any:

@@ -216,6 +216,16 @@ def test_the_same_seed_gives_the_same_batches_and_another_seed_does_not(
     assert not np.array_equal(first[0], other[0])
 
 
+def test_without_a_seed_two_runs_differ(client: Any, dataset_uri: str, tmp_path: Path) -> None:
+    spec = _spec(dataset_uri, training={"seed": None}, augmentation={"zoomRange": 0.2})
+    prepared = prepare_data(spec, client=client, cache_dir=tmp_path / "cache")
+
+    first = _first_batch(train_dataset(prepared, spec)[0])
+    second = _first_batch(train_dataset(prepared, spec)[0])
+
+    assert not np.array_equal(first[0], second[0])
+
+
 def test_epochs_are_shuffled_differently(client: Any, dataset_uri: str, tmp_path: Path) -> None:
     bundle = load_datasets(_spec(dataset_uri), client=client, cache_dir=tmp_path / "cache")
 

@@ -78,7 +78,8 @@ def test_a_grayscale_resnet50_keeps_keras_layer_names_in_a_flat_backbone() -> No
     names = [layer.name for layer in backbone_of(model).layers]
 
     assert tuple(model.output_shape) == (None, 3)
-    assert "gray_to_rgb" in names and "conv2_block1_out" in names and names[-1] == "conv5_block3_out"
+    assert "gray_to_rgb" in names and "conv2_block1_out" in names
+    assert names[-1] == "conv5_block3_out"
 
 
 def test_application_resnets_refuse_images_under_32_pixels() -> None:

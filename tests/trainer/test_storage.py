@@ -70,6 +70,24 @@ def test_an_uploaded_folder_is_listed_in_full_with_sizes_and_etags(
     assert all(info.etag and '"' not in info.etag for info in listed)
 
 
+def test_listings_longer_than_one_page_are_followed_to_the_end(
+    client: object, bucket: str
+) -> None:
+    keys = [f"ds/{folder}/{n}.png" for folder in ("a", "b") for n in range(5)] + ["ds/x.txt"]
+    for key in keys:
+        storage.upload_bytes(client, b"x", f"s3://{bucket}/{key}")
+    requests: list[str] = []
+    client.meta.events.register(
+        "before-call.s3.ListObjectsV2", lambda **_: requests.append("list")
+    )
+
+    listed = storage.list_objects(client, f"s3://{bucket}/ds", page_size=2)
+
+    assert [info.key for info in listed] == sorted(keys)
+    # Two pages for the top level (a/, b/, x.txt), three for each folder of five.
+    assert len(requests) == 8
+
+
 def test_listing_a_prefix_does_not_match_its_longer_siblings(client: object, bucket: str) -> None:
     storage.upload_bytes(client, b"x", f"s3://{bucket}/train/a/1.png")
     storage.upload_bytes(client, b"x", f"s3://{bucket}/train-extra/a/1.png")

@@ -64,6 +64,7 @@ def cache_path(cache_dir: Path, info: ObjectInfo) -> Path:
     return cache_dir / "objects" / etag[:2] / f"{etag}-{info.size}{suffix}"
 
 
+# TODO: entries of objects that changed or were deleted are never evicted from the cache.
 def fetch(
     client: Any,
     bucket: str,
@@ -122,7 +123,10 @@ def decode_all(
     *,
     workers: int | None = None,
 ) -> DecodeResult:
-    """Decode every path in parallel into one array; failures are left out and reported."""
+    """Decode every path in parallel into one array; failures are left out and reported.
+
+    TODO: keep decoded arrays in the cache too, so that a restart skips decoding as well.
+    """
     height, width = size
     images = np.empty((len(paths), height, width, channels), dtype=np.uint8)
     failed: dict[int, str] = {}

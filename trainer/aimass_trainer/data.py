@@ -19,8 +19,10 @@ the sorted keys, never on download order, so a restarted job validates on the sa
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,8 @@ from aimass_trainer.augment import Augmenter, value_range
 
 AUTOTUNE = tf.data.AUTOTUNE
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Split:
@@ -46,6 +50,11 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @cached_property
+    def tensors(self) -> tuple[tf.Tensor, tf.Tensor]:
+        """The images and labels as tensors, made once however many pipelines read them."""
+        return tf.constant(self.images), tf.constant(self.labels)
 
 
 @dataclass(frozen=True)
@@ -157,15 +166,18 @@ def prepare_data(
     size = (int(dataset.image_size[0]), int(dataset.image_size[1]))
     root = Path(cache_dir)
 
+    # Both prefixes are checked before anything is downloaded, so a bad one fails fast.
     train_index = index_dataset(client, dataset.train)
+    validation_index = index_dataset(client, dataset.validation) if dataset.validation else None
+    if validation_index is not None:
+        check_same_classes(train_index, validation_index)
+
     train, skipped, fetched = _decode_index(client, train_index, root, size, dataset.channels)
     _check_usable(train, train_index)
     downloaded, reused = fetched.downloaded, fetched.reused
 
     validation: Split | None
-    if dataset.validation:
-        validation_index = index_dataset(client, dataset.validation)
-        check_same_classes(train_index, validation_index)
+    if validation_index is not None:
         validation, more_skipped, fetched = _decode_index(
             client, validation_index, root, size, dataset.channels
         )
@@ -175,6 +187,14 @@ def prepare_data(
         seed = spec.training.seed if spec.training.seed is not None else 0
         train, validation = split_validation(train, dataset.validation_split, seed)
 
+    logger.info(
+        "dataset %s: %d classes, %d training and %d validation images; %d fetched, %d cached, "
+        "%d skipped", dataset.train, len(train_index.class_names), len(train),
+        len(validation) if validation is not None else 0, downloaded, reused, len(skipped),
+    )
+    for key, reason in sorted(skipped.items())[:20]:
+        logger.warning("skipped %s: %s", key, reason)
+    # TODO: datasets larger than memory need streaming from the cache instead of one array.
     return PreparedData(
         class_names=train_index.class_names,
         train=train,
@@ -219,8 +239,7 @@ def _options(sharded: bool) -> tf.data.Options:
 
 
 def _gatherer(split: Split) -> Any:
-    images = tf.constant(split.images)
-    labels = tf.constant(split.labels)
+    images, labels = split.tensors
 
     def gather(positions: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return tf.gather(images, positions), tf.gather(labels, positions)
@@ -235,18 +254,22 @@ def train_dataset(
     *,
     num_shards: int = 1,
     shard_index: int = 0,
+    implementation: str = "fused",
 ) -> tuple[tf.data.Dataset, int, int]:
     """The training pipeline for one input pipeline: (dataset, steps per epoch, batch size).
 
     Shuffled each epoch (seeded by `training.seed`), batched, augmented in parallel, prefetched.
     Batches are full-sized once there are enough images, so a step's shape never changes.
+    `implementation` picks the augmentation code (see `aimass_trainer.augment.Augmenter`).
     """
     positions, shards = _shard(len(prepared.train), input_context, num_shards, shard_index)
     batch = _batch_size(spec.training.batch_size, input_context, shards)
     drop = len(positions) >= batch
     seed = spec.training.seed
-    augmenter = Augmenter(spec.augmentation)
+    augmenter = Augmenter(spec.augmentation, implementation=implementation)
 
+    # TODO: a resumed job starts the shuffle and augmentation sequence again from its first
+    # epoch; deriving the seeds from the epoch number would make it repeat an unbroken run.
     dataset = tf.data.Dataset.from_tensor_slices(positions)
     dataset = dataset.shuffle(len(positions), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch, drop_remainder=drop)

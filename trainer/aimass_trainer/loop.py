@@ -170,8 +170,11 @@ def update_early_stopping(state: LoopState, stopping: EarlyStopping | None) -> b
     if stopping is None:
         return True
     value, higher_is_better = _monitored(stopping, state.history[-1])
-    gain = (value - state.best) if state.best is not None else math.inf
-    improved = (gain if higher_is_better else -gain) > stopping.min_delta
+    if state.best is None:
+        improved = True
+    else:
+        gain = value - state.best if higher_is_better else state.best - value
+        improved = gain > stopping.min_delta
     if improved:
         state.best, state.best_epoch, state.wait = value, state.completed_epochs, 0
     else:
@@ -240,6 +243,46 @@ def make_train_step(
     return train_step
 
 
+def batch_norm_statistics(model: keras.Model) -> list[Any]:
+    """The moving means and variances of every BatchNorm layer, nested models included."""
+    found: list[Any] = []
+    pending = list(model.layers)
+    while pending:
+        layer = pending.pop(0)
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found += [layer.moving_mean, layer.moving_variance]
+        pending += list(getattr(layer, "layers", []))
+    return found
+
+
+def make_statistics_sync(
+    strategy: tf.distribute.Strategy, model: keras.Model
+) -> Callable[[], None] | None:
+    """A function that averages BatchNorm moving statistics over all replicas; None for one.
+
+    NB: Keras 3 updates these statistics on each replica from its own batch and never
+    aggregates them, so workers drift apart. Averaging after every epoch (before validation and
+    the checkpoint) makes them equal again; for the means this is exact, since the moving
+    average is linear in the batch means.
+    """
+    variables = batch_norm_statistics(model)
+    if strategy.num_replicas_in_sync == 1 or not variables:
+        return None
+
+    def replica_fn() -> None:
+        context = tf.distribute.get_replica_context()
+        values = [tf.identity(variable.value) for variable in variables]
+        averaged = context.all_reduce(tf.distribute.ReduceOp.MEAN, values)
+        for variable, value in zip(variables, averaged, strict=True):
+            variable.assign(value)
+
+    @tf.function
+    def sync() -> None:
+        strategy.run(replica_fn)
+
+    return sync
+
+
 def make_eval_step(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
     @tf.function
     def eval_step(images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
@@ -297,6 +340,7 @@ class TrainingLoop:
         self._iterator: Any = None
         self._step: Callable[[Any], None] | None = None
         self._totals = tf.Variable(tf.zeros([3]), trainable=False, name="epoch_totals")
+        self._sync_statistics = make_statistics_sync(strategy, model)
 
     def prepare(self, phase: int) -> keras.optimizers.Optimizer:
         """Set what trains in `phase` and build a fresh optimizer for it (its variables
@@ -356,6 +400,8 @@ class TrainingLoop:
                 self.reporter.on_batch_end(epoch=epoch, step=step, logs=self._running())
         loss_sum, correct, count = (float(value) for value in self._totals.numpy())
         seconds = time.perf_counter() - started
+        if self._sync_statistics is not None:
+            self._sync_statistics()
 
         entry = {"epoch": epoch, "loss": loss_sum / count, "accuracy": correct / count}
         if self.validation is not None:

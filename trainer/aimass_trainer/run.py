@@ -7,8 +7,9 @@ write the outputs (the chief only).
 
 Errors are left typed for the CLI to map to exit codes: `DatasetError` (the data),
 `StorageError` (S3), `ModelError` / `CheckpointError` (the model does not fit), and
-`KeyboardInterrupt` for Ctrl-C or SIGTERM, raised after the last complete epoch's checkpoint is
-in S3 (a SIGTERM is turned into a KeyboardInterrupt while training runs).
+`KeyboardInterrupt` for Ctrl-C or SIGTERM. The interrupt stops training at once, except while a
+checkpoint is being written, which it lets finish; the job then resumes from the last complete
+epoch (see `InterruptGuard`).
 """
 
 from __future__ import annotations
@@ -52,24 +53,53 @@ class TrainingResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     epochs_run: int = 0
     is_chief: bool = True
+    # The trained model, in this process (None when skipped).
+    model: keras.Model | None = field(default=None, repr=False, compare=False)
 
 
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM (how Kubernetes stops a pod) raises KeyboardInterrupt, as
-    Ctrl-C does; outside the main thread signals cannot be caught and nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class InterruptGuard:
+    """Turns SIGTERM (how Kubernetes stops a pod) and SIGINT (Ctrl-C) into KeyboardInterrupt,
+    except while a checkpoint is being written: then the interrupt waits until the checkpoint
+    is complete, so that an epoch that finished is never lost to a signal.
 
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+    Use `with guard.installed():` around training and `with guard.held():` around a write.
+    Outside the main thread signals cannot be caught, and nothing is installed.
+    """
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self._holding = False
+        self._pending: int | None = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._holding:
+            self._pending = signum
+            return
+        raise KeyboardInterrupt(f"interrupted by signal {signum}")
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            raise KeyboardInterrupt(f"interrupted by signal {pending}, after the checkpoint")
 
 
 def steps_per_epoch(train_count: int, batch_size: int, workers: int) -> int:
@@ -122,7 +152,8 @@ def run_training(
         keras.utils.set_random_seed(spec.training.seed)
     timings: dict[str, float] = {}
 
-    with sigterm_as_interrupt():
+    guard = InterruptGuard()
+    with guard.installed():
         started = time.perf_counter()
         prepared = data.prepare_data(spec, client=client, cache_dir=cache_dir)
         validation, _ = data.validation_dataset(prepared, spec)
@@ -154,6 +185,12 @@ def run_training(
             early_stopping=spec.training.early_stopping,
         )
         store = CheckpointStore(client, spec.output.uri, is_chief=cluster.is_chief)
+
+        def save_checkpoint(state: LoopState, best: bool) -> None:
+            # The loop's optimizer is the current phase's; a signal waits for the upload.
+            with guard.held():
+                store.save(state, model, loop.optimizer, best=best)
+
         loop = TrainingLoop(
             strategy=strategy,
             model=model,
@@ -163,7 +200,7 @@ def run_training(
             plan=plan,
             reporter=reporter,
             perturb=make_perturb(spec, value_range),
-            on_epoch_end=lambda state, best: store.save(state, model, loop.optimizer, best=best),
+            on_epoch_end=save_checkpoint,
         )
 
         # The optimizer is built for the phase the checkpoint was written in; the loop moves
@@ -208,6 +245,7 @@ def run_training(
         metrics=metrics,
         epochs_run=state.completed_epochs - resumed_at,
         is_chief=cluster.is_chief,
+        model=model,
     )
 
 
