@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -139,31 +139,6 @@ def read_metrics(client: Any, output_uri: str) -> dict[str, Any]:
     return json.loads(data) if data else {}
 
 
-def summary_rows(
-    job: spec.TrainingJob, result: Any, seconds: float
-) -> dict[str, Any]:
-    """The closing table of `aimass train`: what was trained, how well, how fast, where to."""
-    metrics: Mapping[str, Any] = result.metrics
-    final = metrics.get("final", {})
-    images = metrics.get("images", {})
-    status = "already succeeded: nothing trained" if result.skipped else "succeeded"
-    return {
-        "job": job.metadata.name,
-        "result": status,
-        "epochs": metrics.get("epochs"),
-        "epochs run now": result.epochs_run,
-        "loss": final.get("loss"),
-        "accuracy": final.get("accuracy"),
-        "val loss": final.get("val_loss"),
-        "val accuracy": final.get("val_accuracy"),
-        "images/s": metrics.get("images_per_second"),
-        "images used": images.get("used"),
-        "images skipped": images.get("skipped"),
-        "wall time": f"{seconds:.0f} s",
-        "model": result.model_uri,
-    }
-
-
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     # NB: a pod is stopped with SIGTERM; the trainer saves a checkpoint on KeyboardInterrupt.
     raise KeyboardInterrupt(f"signal {signum}")
@@ -180,7 +155,7 @@ def command_train(args: argparse.Namespace) -> int:
 
     with s3_session(job.spec.storage.endpoint, Path(args.data_dir)):
         from aimass import datasets, storage
-        from aimass.console import summary_table
+        from aimass.console import summary_table, train_summary
 
         client = storage.make_client(job.spec.storage)
         started = time.monotonic()
@@ -201,7 +176,8 @@ def command_train(args: argparse.Namespace) -> int:
         )
         seconds = time.monotonic() - started
         if result.is_chief:
-            out.print(summary_table("aimass train", summary_rows(job, result, seconds)))
+            rows = train_summary(job.metadata.name, result, seconds)
+            out.print(summary_table("aimass train", rows))
     return ExitCode.OK
 
 
@@ -247,7 +223,12 @@ def command_s3_serve(args: argparse.Namespace) -> int:
         out.print("Ctrl-C stops it.")
         signal.signal(signal.SIGTERM, _raise_interrupt)
         assert server.process is not None
-        server.process.wait()
+        try:
+            code = server.process.wait()
+        except KeyboardInterrupt:
+            out.print("stopped; the data stays in " + str(args.data_dir), highlight=False)
+            return ExitCode.OK
+    err.print(f"weed exited with code {code}; see {Path(args.data_dir) / 'weed.log'}")
     return ExitCode.STORAGE_ERROR
 
 
@@ -362,7 +343,10 @@ def run_handler(handler: Callable[[argparse.Namespace], int], args: argparse.Nam
     try:
         return handler(args)
     except KeyboardInterrupt:
-        err.print("interrupted; the last checkpoint is kept and a rerun resumes from it")
+        if args.command == "train":
+            err.print("interrupted; the last checkpoint is kept and a rerun resumes from it")
+        else:
+            err.print(f"aimass {args.command}: interrupted")
         return ExitCode.INTERRUPTED
     except Exception as error:  # noqa: BLE001 - every failure becomes an exit code and a message
         if args.debug:

@@ -109,12 +109,15 @@ class RichProgress:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        elapsed = time.monotonic() - self._started if self._started else 0.0
-        if model_uri:
-            self.console.print(
-                f"model written to {model_uri} after {elapsed:.0f} s", highlight=False,
-                soft_wrap=True,
-            )
+        if not model_uri:
+            return
+        if not self._started:
+            # NB: the trainer ends without beginning when the job had already succeeded.
+            message = f"nothing to train: the job already succeeded; its model is {model_uri}"
+        else:
+            elapsed = time.monotonic() - self._started
+            message = f"model written to {model_uri} after {elapsed:.0f} s of training"
+        self.console.print(message, highlight=False, soft_wrap=True)
 
 
 def _cell(value: Any) -> str:
@@ -133,3 +136,26 @@ def summary_table(title: str, rows: Mapping[str, Any]) -> Table:
     for name, value in rows.items():
         table.add_row(name, _cell(value))
     return table
+
+
+def train_summary(job_name: str, result: Any, seconds: float) -> dict[str, Any]:
+    """The rows closing `aimass train`, from the trainer's result and its metrics.json content:
+    what was trained, how well, how fast, and where the model is."""
+    metrics: Mapping[str, Any] = result.metrics
+    final = metrics.get("final", {})
+    images = metrics.get("images", {})
+    return {
+        "job": job_name,
+        "result": "already succeeded: nothing trained" if result.skipped else "succeeded",
+        "epochs": metrics.get("epochs"),
+        "epochs run now": result.epochs_run,
+        "loss": final.get("loss"),
+        "accuracy": final.get("accuracy"),
+        "val loss": final.get("val_loss"),
+        "val accuracy": final.get("val_accuracy"),
+        "images/s": metrics.get("images_per_second"),
+        "images used": images.get("used"),
+        "images skipped": images.get("skipped"),
+        "wall time": f"{seconds:.0f} s",
+        "model": result.model_uri,
+    }

@@ -73,10 +73,15 @@ def ensure_fashion_mnist(source_dir: Path = SOURCE_DIR) -> Path:
         )
     console.print(f"installing {PACKAGE} with apt-get")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", PACKAGE], check=True, env=env, stdout=subprocess.DEVNULL
-    )
+    for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", PACKAGE]):
+        result = subprocess.run(command, env=env, stdout=subprocess.DEVNULL)
+        if result.returncode != 0:
+            raise SystemExit(
+                f"`{' '.join(command)}` failed with exit code {result.returncode}; install "
+                f"{PACKAGE} by hand and run the demo again"
+            )
+    if not (source_dir / "train-images-idx3-ubyte.gz").exists():
+        raise SystemExit(f"{PACKAGE} is installed but {source_dir} holds no idx files")
     return source_dir
 
 
@@ -170,7 +175,9 @@ def print_comparison(finetune: spec.TrainingJob, scratch: spec.TrainingJob, seco
         table.add_column(name, justify="right")
     epochs = max(len(curve) for curve in curves.values())
     for epoch in range(epochs):
-        cells = [_percent(curve[epoch] if epoch < len(curve) else None) for curve in curves.values()]
+        cells = [
+            _percent(curve[epoch] if epoch < len(curve) else None) for curve in curves.values()
+        ]
         table.add_row(str(epoch + 1), *cells, end_section=epoch == epochs - 2)
     console.print(table)
     final = {name: curve[-1] if curve else None for name, curve in curves.items()}
@@ -182,10 +189,7 @@ def print_comparison(finetune: spec.TrainingJob, scratch: spec.TrainingJob, seco
     console.print(f"demo wall time: {seconds:.0f} s")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aimass.demo", description=__doc__)
-    parser.add_argument("--work-dir", default=".aimass", help="local folder (%(default)s)")
-    args = parser.parse_args(argv)
+def run_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     work = Path(args.work_dir)
 
@@ -198,14 +202,23 @@ def main(argv: list[str] | None = None) -> int:
         upload_images(work / "fashion-mnist")
         for name in JOBS:
             console.rule(f"aimass train -f examples/{name}")
-            code = cli.main(["train", "-f", str(EXAMPLES / name), "--cache-dir",
-                             str(work / "cache")])
+            train = ["train", "-f", str(EXAMPLES / name), "--cache-dir", str(work / "cache")]
+            code = cli.main([*train, *(["--debug"] if args.debug else [])])
             if code != 0:
                 console.print(f"[red]examples/{name} failed with exit code {code}[/red]")
                 return code
         finetune, scratch = (spec.load_job(EXAMPLES / name) for name in JOBS[1:])
         print_comparison(finetune, scratch, time.monotonic() - started)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aimass.demo", description=__doc__)
+    parser.add_argument("--work-dir", default=".aimass", help="local folder (%(default)s)")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks")
+    args = parser.parse_args(argv)
+    args.command = "demo"
+    return cli.run_handler(run_demo, args)
 
 
 if __name__ == "__main__":

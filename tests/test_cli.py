@@ -175,6 +175,7 @@ def test_data_upload_puts_every_file_in_s3(
     assert sorted(key.removeprefix("data/") for key in keys) == expected
 
 
+@pytest.mark.slow
 def test_data_upload_without_an_endpoint_fills_the_embedded_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -215,3 +216,71 @@ def test_train_end_to_end_writes_the_model_and_a_summary(
     assert {"out/model.keras", "out/labels.json", "out/metrics.json"} <= written
     labels = json.loads(storage.read_bytes(client, f"s3://{bucket}/out/labels.json") or b"null")
     assert labels is not None
+
+
+def test_a_worker_pod_also_reports_progress_to_its_training_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aimass import cli
+
+    token = tmp_path / "token"
+    token.write_text("not-a-real-token")
+    monkeypatch.setenv("AIMASS_JOB_NAME", "tiny")
+    monkeypatch.setenv("AIMASS_JOB_NAMESPACE", "ml")
+    monkeypatch.setenv("AIMASS_KUBE_API", "http://127.0.0.1:9")
+    monkeypatch.setenv("AIMASS_KUBE_TOKEN_FILE", str(token))
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+
+    in_pod = [type(reporter).__name__ for reporter in cli.build_reporter().reporters]
+    token.unlink()
+    no_token = [type(reporter).__name__ for reporter in cli.build_reporter().reporters]
+
+    assert in_pod == ["RichProgress", "KubeProgressReporter"]
+    assert no_token == ["RichProgress"]
+
+
+def test_the_terminal_reporter_prints_each_epoch_and_the_model() -> None:
+    import io
+
+    from rich.console import Console
+
+    from aimass.console import RichProgress
+    from aimass.progress import EpochMetrics
+
+    buffer = io.StringIO()
+    reporter = RichProgress(Console(file=buffer, width=200))
+
+    reporter.on_train_begin(epochs=2, initial_epoch=1, steps_per_epoch=3)
+    for step in (1, 2, 3):
+        reporter.on_batch_end(epoch=2, step=step, logs={"loss": 0.5, "accuracy": 0.75})
+    reporter.on_epoch_end(EpochMetrics(epoch=2, epochs=2, loss=0.5, accuracy=0.75,
+                                       val_accuracy=0.625))
+    reporter.on_train_end(model_uri="s3://b/out/model.keras", final={"loss": 0.5})
+
+    text = buffer.getvalue()
+    assert "1 of 2 epochs already done" in text
+    assert "epoch 2/2  loss 0.5000  accuracy 0.7500  val_accuracy 0.6250" in text
+    assert "model written to s3://b/out/model.keras" in text
+
+
+def test_the_field_reference_lists_every_field_of_the_spec() -> None:
+    from pydantic import BaseModel
+
+    from aimass import docs
+
+    paths = [row[0] for row in docs.rows()]
+
+    def names(model: type[BaseModel]) -> set[str]:
+        found = set()
+        for name, field in model.model_fields.items():
+            found.add(field.alias or name)
+            annotation = field.annotation
+            for inner in getattr(annotation, "__args__", ()) + (annotation,):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    found |= names(inner)
+        return found
+
+    leaves = {path.rsplit(".", 1)[-1].removesuffix("[]") for path in paths}
+    assert names(spec.TrainingJobSpec) <= leaves
+    assert "spec.augmentation.adversarial.epsilon" in paths
+    assert len(paths) == len(set(paths))

@@ -50,7 +50,9 @@ __all__ = [
 
 CONTAINER_NAME = "trainer"
 CACHE_DIR = "/var/cache/aimass"
-TRAINER_UID = 1000
+# NB: the user the trainer image is built with (trainer/Dockerfile): its home, where Keras
+# writes, belongs to this uid.
+TRAINER_UID = 65532
 # Keys of the credentials Secret; AWS_SESSION_TOKEN is optional (temporary credentials).
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 OPTIONAL_CREDENTIAL_KEYS = ("AWS_SESSION_TOKEN",)

@@ -35,6 +35,10 @@ COLLECTIONS = {
 }
 
 
+# Names the operator's own calls in the API server's audit log (kopf's say kopf/<version>).
+USER_AGENT = "aimass-operator"
+
+
 class KubeApiError(RuntimeError):
     """The API server refused a call; the message names the verb, the path and the answer."""
 
@@ -108,6 +112,7 @@ class KubeApi:
         # Service-account tokens are rotated by the kubelet: on a 401, log in again once.
         self._relogin = relogin
         self._session = aiohttp.ClientSession(
+            headers={"User-Agent": USER_AGENT},
             connector=aiohttp.TCPConnector(ssl=_ssl_context(info)),
             timeout=aiohttp.ClientTimeout(total=timeout),
         )

@@ -25,9 +25,6 @@ from aimass.storage import join_uri
 from aimass_operator import status as st
 from aimass_operator.naming import JOB_NAME_LABEL, REPLICA_INDEX_LABEL, RESTART_COUNT_LABEL
 
-# How often a job with nothing scheduled is looked at again anyway (the sweeper's default).
-IDLE_RECHECK_SECONDS = 60.0
-
 # Copied from the chief's last progress report into `status.metrics` on success.
 FINAL_METRICS = ("loss", "accuracy", "valLoss", "valAccuracy")
 
@@ -65,7 +62,9 @@ class Plan:
     delete_pods: list[str] = field(default_factory=list)
     delete_job: bool = False
     transitions: list[Transition] = field(default_factory=list)
-    recheck_after: float | None = None  # seconds until a deadline or TTL falls due
+    # Seconds until a deadline or TTL falls due; None: nothing is due (the sweeper still looks
+    # at unfinished jobs every sweep interval, as a safety net for missed events).
+    recheck_after: float | None = None
 
 
 def restart_count(status: Mapping[str, Any]) -> int:
@@ -295,8 +294,6 @@ def _run(spec: TrainingJobSpec, current: Sequence[Mapping[str, Any]], s: _Status
     elif not st.is_true(s.conditions, st.RESTARTING):
         s.set(st.RUNNING, False, st.WORKERS_PENDING,
               f"{running} of {spec.workers} workers are running")
-    if plan.recheck_after is None:
-        plan.recheck_after = IDLE_RECHECK_SECONDS
 
 
 def preflight_failed(body: Mapping[str, Any], spec: TrainingJobSpec, message: str,
@@ -307,6 +304,14 @@ def preflight_failed(body: Mapping[str, Any], spec: TrainingJobSpec, message: st
     _fail(s, st.PREFLIGHT_FAILED, message)
     s.new["preflight"] = {"message": message, "checkTime": st.timestamp(now)}
     return s.finish(Plan(status={}), st.WorkerCounts(0, 0, 0, 0), spec.workers)
+
+
+def invalid_spec(body: Mapping[str, Any], message: str, now: datetime) -> Plan:
+    """A spec that does not validate fails the job; nothing is created for it."""
+    meta = body.get("metadata") or {}
+    s = _Status(body.get("status") or {}, now, meta.get("generation"))
+    _fail(s, st.INVALID_SPEC, message)
+    return s.finish(Plan(status={}), st.WorkerCounts(0, 0, 0, 0), 0)
 
 
 def storage_unreachable(body: Mapping[str, Any], spec: TrainingJobSpec, message: str,

@@ -100,6 +100,10 @@ class Runtime:
         try:
             spec = job_spec(body)
         except SpecError as error:
+            if not st.is_finished(body.get("status") or {}):
+                plan = reconcile.invalid_spec(body, f"the spec does not validate: {error}",
+                                              datetime.now(UTC))
+                await self._carry_out_status(api, body, plan, log)
             raise kopf.PermanentError(f"the spec does not validate; nothing is done: {error}")
 
         pods = await api.list(pods_path(namespace), label_selector=f"{JOB_NAME_LABEL}={name}")
@@ -138,11 +142,7 @@ class Runtime:
         log: kopf.LocalObjectLogger,
     ) -> None:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        patch = st.status_patch(body.get("status") or {}, plan.status)
-        if patch:
-            await api.merge_patch(jobs_path(namespace, name, status=True), {"status": patch})
-        for change in plan.transitions:
-            self._announce(body, change, log)
+        await self._carry_out_status(api, body, plan, log)
 
         if plan.create_children:
             children = [build_service(body)]
@@ -165,6 +165,16 @@ class Runtime:
             ttl = spec.run_policy.ttl_seconds_after_finished
             log.info(f"deleting the job: finished more than ttlSecondsAfterFinished={ttl} s ago")
             await api.delete(jobs_path(namespace, name))
+
+    async def _carry_out_status(self, api: KubeApi, body: dict[str, Any], plan: reconcile.Plan,
+                                log: kopf.LocalObjectLogger) -> None:
+        """Patch the status if it changed, then announce each transition."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        patch = st.status_patch(body.get("status") or {}, plan.status)
+        if patch:
+            await api.merge_patch(jobs_path(namespace, name, status=True), {"status": patch})
+        for change in plan.transitions:
+            self._announce(body, change, log)
 
     def _announce(self, body: dict[str, Any], change: reconcile.Transition,
                   log: kopf.LocalObjectLogger) -> None:

@@ -52,6 +52,8 @@ BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
 DEADLINE_EXCEEDED = "DeadlineExceeded"
 # Failed=True: the pre-flight found the dataset missing, empty or with fewer than two classes.
 PREFLIGHT_FAILED = "PreflightFailed"
+# Failed=True: the spec does not validate (the CRD's schema was bypassed or is older).
+INVALID_SPEC = "InvalidSpec"
 # Succeeded=True, and Running=False once the chief worker has succeeded.
 JOB_SUCCEEDED = "JobSucceeded"
 # Suspended=True, and Running=False while the job is suspended.

@@ -140,7 +140,7 @@ async def test_a_two_worker_job_trains_from_apply_to_succeeded_with_live_progres
     tmp_path: Path,
 ) -> None:
     client = storage.make_client(spec.Storage(endpoint=s3_server.endpoint))
-    make_image_folder(tmp_path / "images", per_class=12, size=16)
+    make_image_folder(tmp_path / "images", ("circle", "square"), per_class=8, size=16)
     upload_folder(client, tmp_path / "images", f"s3://{bucket}/data/train")
     job = {
         "apiVersion": spec.API_VERSION,

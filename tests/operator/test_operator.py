@@ -15,6 +15,7 @@ import pytest
 
 from aimass.exitcodes import ExitCode
 from aimass.seaweed import SeaweedServer
+from aimass_operator import rbac
 from aimass_operator.metrics import OperatorMetrics
 from harness import NAMESPACE, SECRET_NAME, apply, eventually, running_operator
 from support.kube import (
@@ -371,3 +372,57 @@ async def test_the_credentials_never_appear_in_the_logs(
     for value in secret.values():
         for pod in pods(cluster).values():
             assert value not in str(pod)
+
+
+@pytest.mark.usefixtures("operator", "secret")
+async def test_a_spec_the_schema_would_have_refused_fails_the_job_naming_the_field(
+    cluster: ClusterEmulator, api: aiohttp.ClientSession, dataset: str, s3_server: SeaweedServer,
+) -> None:
+    # The emulator validates nothing, as an API server with an outdated CRD would not.
+    await apply(api, make_job("flowers", dataset, s3_server.endpoint, workers=0))
+
+    await eventually(lambda: status_of(cluster, "flowers").get("phase") == "Failed",
+                     what="phase Failed")
+    assert condition(cluster, "flowers", "Failed")["reason"] == "InvalidSpec"
+    assert "spec.workers" in condition(cluster, "flowers", "Failed")["message"]
+    assert not pods(cluster)
+
+
+@pytest.mark.usefixtures("operator", "secret")
+async def test_every_api_call_of_a_job_lifetime_is_allowed_by_the_operators_rbac(
+    cluster: ClusterEmulator, api: aiohttp.ClientSession, dataset: str, s3_server: SeaweedServer,
+) -> None:
+    await apply(api, make_job("flowers", dataset, s3_server.endpoint, workers=1,
+                              backoffLimit=1, ttlSecondsAfterFinished=0))
+    await wait_for_gang(cluster, "flowers", 0, workers=1)
+    await cluster.set_pod_status(NAMESPACE, "flowers-worker-0", failed_status(1, "oom"))
+    await wait_for_gang(cluster, "flowers", 1, workers=1)
+    await patch_spec(api, "flowers", {"suspend": True})
+    await eventually(lambda: status_of(cluster, "flowers").get("phase") == "Suspended",
+                     what="phase Suspended")
+    await patch_spec(api, "flowers", {"suspend": False})
+    await wait_for_gang(cluster, "flowers", 1, workers=1)
+    await cluster.set_pod_status(NAMESPACE, "flowers-worker-0", succeeded_status())
+    await eventually(lambda: "flowers" not in cluster.live(JOBS, NAMESPACE),
+                     what="the job deleted by its TTL")
+
+    ours = cluster.api_calls("aimass-operator") | cluster.api_calls("kopf")
+    allowed = {(group, resource, verb) for rule in rbac.cluster_rules()
+               for group in rule["apiGroups"] for resource in rule["resources"]
+               for verb in rule["verbs"]}
+    assert ("aimass.dev", "trainingjobs/status", "patch") in ours
+    assert ours - allowed == set()
+
+
+@pytest.mark.usefixtures("operator", "secret")
+async def test_unreachable_storage_holds_the_pods_back_and_says_it_will_retry(
+    cluster: ClusterEmulator, api: aiohttp.ClientSession, dataset: str,
+) -> None:
+    # Nothing listens on the discard port: every connection is refused at once.
+    await apply(api, make_job("flowers", dataset, "http://127.0.0.1:9"))
+
+    await eventually(lambda: condition(cluster, "flowers", "Created").get("reason")
+                     == "StorageUnreachable", what="Created=False, StorageUnreachable")
+    assert "retrying in" in condition(cluster, "flowers", "Created")["message"]
+    assert status_of(cluster, "flowers")["phase"] == "Pending"
+    assert not pods(cluster)

@@ -337,3 +337,11 @@ def test_unreachable_storage_keeps_the_job_pending_and_says_why() -> None:
     assert plan.status["phase"] == "Pending"
     assert condition(plan, st.CREATED) | {"status": "False"} == condition(plan, st.CREATED)
     assert condition(plan, st.CREATED)["reason"] == st.STORAGE_UNREACHABLE
+
+
+def test_a_spec_that_does_not_validate_fails_the_job_naming_the_field() -> None:
+    plan = reconcile.invalid_spec(body(), "spec.workers: must be at least 1 (received 0)", NOW)
+
+    assert condition(plan, st.FAILED)["reason"] == st.INVALID_SPEC
+    assert "spec.workers" in condition(plan, st.FAILED)["message"]
+    assert plan.status["phase"] == "Failed" and plan.create_pods == []

@@ -175,6 +175,28 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return sum(1 for request in self if request.action == kmock.action.CREATE
                    and request.resource == resource)
 
+    def api_calls(self, user_agent_prefix: str = "") -> set[tuple[str, str, str]]:
+        """(API group, resource[/subresource], RBAC verb) of every request to a resource
+        served so far whose User-Agent starts with `user_agent_prefix`."""
+        calls = set()
+        for request in self:
+            agent = request.headers.get("User-Agent", "")
+            resource = request.resource
+            if resource is None or resource.plural is None or not agent.startswith(
+                user_agent_prefix
+            ):
+                continue
+            method = str(request.method.value).upper()
+            if method == "GET":
+                verb = ("watch" if request.params.get("watch") == "true"
+                        else "get" if request.name else "list")
+            else:
+                verb = {"POST": "create", "PATCH": "patch", "PUT": "update",
+                        "DELETE": "delete"}[method]
+            plural = resource.plural + (f"/{request.subresource}" if request.subresource else "")
+            calls.add((resource.group or "", plural, verb))
+        return calls
+
     def live(self, resource: kmock.resource, namespace: str) -> dict[str, dict[str, Any]]:
         """The objects of a resource in a namespace that exist now, by name."""
         return {

@@ -238,7 +238,10 @@ class Augmenter:
         images = tf.cast(images, tf.float32)
         if aug.brightness_range:
             delta = _uniform(seed, 20, batch, -aug.brightness_range, aug.brightness_range)
-            images = tf.clip_by_value(images + 255.0 * delta[:, None, None, None], 0.0, 255.0)
+            images = images + 255.0 * delta[:, None, None, None]
+            if aug.contrast_range:
+                # The contrast's mean is that of the brightened image; `finish` clips otherwise.
+                images = tf.clip_by_value(images, 0.0, 255.0)
         if aug.contrast_range:
             factor = _uniform(seed, 21, batch, 1.0 - aug.contrast_range, 1.0 + aug.contrast_range)
             mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)

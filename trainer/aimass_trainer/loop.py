@@ -292,9 +292,12 @@ def make_eval_step(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], tf.Te
     return eval_step
 
 
-def evaluate(model: keras.Model, dataset: tf.data.Dataset) -> tuple[float, float, int]:
-    """Mean loss, accuracy and example count over a whole (finite) dataset."""
-    step = make_eval_step(model)
+def evaluate(
+    model: keras.Model, dataset: tf.data.Dataset, step: Callable[..., tf.Tensor] | None = None
+) -> tuple[float, float, int]:
+    """Mean loss, accuracy and example count over a whole (finite) dataset. Pass the same
+    `step` (from `make_eval_step`) on every call, or it is traced again each time."""
+    step = step or make_eval_step(model)
     totals = tf.zeros([3])
     for images, labels in dataset:
         totals += step(images, labels)
@@ -341,6 +344,7 @@ class TrainingLoop:
         self._step: Callable[[Any], None] | None = None
         self._totals = tf.Variable(tf.zeros([3]), trainable=False, name="epoch_totals")
         self._sync_statistics = make_statistics_sync(strategy, model)
+        self._eval_step = make_eval_step(model)
 
     def prepare(self, phase: int) -> keras.optimizers.Optimizer:
         """Set what trains in `phase` and build a fresh optimizer for it (its variables
@@ -405,7 +409,9 @@ class TrainingLoop:
 
         entry = {"epoch": epoch, "loss": loss_sum / count, "accuracy": correct / count}
         if self.validation is not None:
-            entry["val_loss"], entry["val_accuracy"], _ = evaluate(self.model, self.validation)
+            entry["val_loss"], entry["val_accuracy"], _ = evaluate(
+                self.model, self.validation, self._eval_step
+            )
         entry["images_per_second"] = count / seconds
         entry["seconds"] = seconds
         state.history.append(entry)
