@@ -1,6 +1,6 @@
 """Random image transforms from the `augmentation` spec, run inside the tf.data pipeline.
 
-Public: `Augmenter(augmentation, implementation="fused")` - call it as `augmenter(images, seed)`
+Public: `Augmenter(augmentation, implementation="layers")` - call it as `augmenter(images, seed)`
 on a batch; `geometric_transforms(...)` - the per-image affine matrices (a pure function);
 `build_layers(augmentation)` - the equivalent Keras 3 preprocessing layers; `value_range(aug)`
 - the range of the model's inputs; `augmentation_is_identity`, `has_geometry`, `describe`.
@@ -10,13 +10,14 @@ Images come in as pixel values in [0, 255] (uint8 or float) and go out as float3
 brightness and contrast, then a clip and the rescale.
 
 Two implementations give the same kinds of transform with the same ranges:
-- "fused" (the default) composes rotation, shifts, zoom, shear and flips into ONE affine matrix
-  per image and warps the uint8 batch once (`ImageProjectiveTransformV3`, bilinear), as
+- "layers" (the default) chains the Keras preprocessing layers (RandomRotation,
+  RandomTranslation, RandomZoom, RandomShear, RandomFlip, RandomBrightness, RandomContrast): the
+  well-kept library, one full pass over the float batch each.
+- "fused" (`augmentation.fusedWarp: true`) composes rotation, shifts, zoom, shear and flips
+  into ONE affine matrix per image and warps the uint8 batch once (`ImageProjectiveTransformV3`, bilinear), as
   ImageDataGenerator does one `affine_transform` per image; brightness and contrast are then one
-  elementwise pass. Interpolating once also blurs less than five warps in a row.
-- "layers" chains the Keras preprocessing layers (RandomRotation, RandomTranslation, RandomZoom,
-  RandomShear, RandomFlip, RandomBrightness, RandomContrast): one full pass over the float batch
-  each, several times slower on a CPU (see `python -m bench.pipeline`).
+  elementwise pass. Several times faster than the layers on a CPU at 224 px (see
+  `python -m bench.pipeline`), and interpolating once blurs less than five warps in a row.
 
 Determinism: nothing uses a stateful generator (inside a parallel `Dataset.map` the order in
 which batches advance a shared generator is not fixed). Each batch arrives with its own seed,
@@ -188,7 +189,7 @@ class Augmenter:
 
     IMPLEMENTATIONS = ("fused", "layers")
 
-    def __init__(self, augmentation: Augmentation, *, implementation: str = "fused") -> None:
+    def __init__(self, augmentation: Augmentation, *, implementation: str = "layers") -> None:
         if implementation not in self.IMPLEMENTATIONS:
             raise ValueError(
                 f"implementation must be one of {self.IMPLEMENTATIONS}, "

@@ -254,18 +254,21 @@ def train_dataset(
     *,
     num_shards: int = 1,
     shard_index: int = 0,
-    implementation: str = "fused",
+    implementation: str | None = None,
 ) -> tuple[tf.data.Dataset, int, int]:
     """The training pipeline for one input pipeline: (dataset, steps per epoch, batch size).
 
     Shuffled each epoch (seeded by `training.seed`), batched, augmented in parallel, prefetched.
     Batches are full-sized once there are enough images, so a step's shape never changes.
-    `implementation` picks the augmentation code (see `aimass_trainer.augment.Augmenter`).
+    `implementation` picks the augmentation code (see `aimass_trainer.augment.Augmenter`);
+    unset, `augmentation.fusedWarp` decides.
     """
     positions, shards = _shard(len(prepared.train), input_context, num_shards, shard_index)
     batch = _batch_size(spec.training.batch_size, input_context, shards)
     drop = len(positions) >= batch
     seed = spec.training.seed
+    if implementation is None:
+        implementation = "fused" if spec.augmentation.fused_warp else "layers"
     augmenter = Augmenter(spec.augmentation, implementation=implementation)
 
     # TODO: a resumed job starts the shuffle and augmentation sequence again from its first
