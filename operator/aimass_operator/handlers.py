@@ -42,6 +42,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.watching.server_timeout = 300
+    # Only our workers: the API server filters the pod watch, not kopf after receiving them all.
+    settings.watching.label_selectors[("", "v1", "pods")] = JOB_NAME_LABEL
     runtime = Runtime(
         config=config,
         settings=settings,

@@ -155,15 +155,21 @@ def _finished(spec: TrainingJobSpec, pods: Sequence[Mapping[str, Any]], s: _Stat
     failed = st.is_true(s.conditions, st.FAILED)
     policy = spec.run_policy.clean_pod_policy
     plan = Plan(status={}, delete_pods=_pods_to_clean(pods, policy, failed))
+    _schedule_ttl(spec, s, plan)
+    counts = st.count_workers(pods)
+    return s.finish(plan, counts, spec.workers)
+
+
+def _schedule_ttl(spec: TrainingJobSpec, s: _Status, plan: Plan) -> None:
+    """A finished job with a TTL is deleted when it falls due, or looked at again then."""
     ttl = spec.run_policy.ttl_seconds_after_finished
     done_at = s.new.get("completionTime")
+    plan.recheck_after = None
     if ttl is not None and done_at:
         due = st.parse_timestamp(done_at) + timedelta(seconds=ttl)
         remaining = (due - s.now).total_seconds()
         plan.delete_job = remaining <= 0
         plan.recheck_after = None if plan.delete_job else remaining
-    counts = st.count_workers(pods)
-    return s.finish(plan, counts, spec.workers)
 
 
 def _fail(s: _Status, reason: str, message: str) -> None:
@@ -250,6 +256,7 @@ def decide(
             _fail(s, st.DEADLINE_EXCEEDED,
                   f"the job ran longer than activeDeadlineSeconds ({deadline} s) since {started}")
             plan.delete_pods += [st.pod_name(pod) for pod in current]
+            _schedule_ttl(spec, s, plan)
             return s.finish(plan, counts, spec.workers)
         plan.recheck_after = remaining.total_seconds()
 
@@ -257,6 +264,8 @@ def decide(
     if failed:
         failed.sort(key=_index)
         _on_failure(spec, st.describe_failure(failed[0]), s, plan, current)
+        if st.is_true(s.conditions, st.FAILED):
+            _schedule_ttl(spec, s, plan)
         return s.finish(plan, counts, spec.workers)
 
     chief = next((pod for pod in current if _index(pod) == 0), None)
@@ -264,6 +273,7 @@ def decide(
     if everyone or (chief is not None and st.pod_phase(chief) == "Succeeded"):
         _succeed(spec, s)
         plan.delete_pods += _pods_to_clean(current, spec.run_policy.clean_pod_policy, False)
+        _schedule_ttl(spec, s, plan)
         return s.finish(plan, counts, spec.workers)
 
     _run(spec, current, s, plan, service_exists=service_exists, blocked={

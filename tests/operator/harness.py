@@ -35,6 +35,7 @@ async def running_operator(
         metrics=metrics,
     )
     settings = kopf.OperatorSettings()
+    # kmock cannot list /api/v1/namespaces, and the namespace here is fixed anyway.
     settings.scanning.disabled = True
     settings.batching.idle_timeout = 0.2
     settings.batching.batch_window = 0.01

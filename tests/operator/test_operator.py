@@ -233,7 +233,7 @@ async def test_a_permanent_exit_code_fails_the_job_without_a_restart(
 async def test_the_deadline_fails_a_job_when_no_pod_event_arrives(
     cluster: ClusterEmulator, api: aiohttp.ClientSession, dataset: str, s3_server: SeaweedServer,
 ) -> None:
-    await apply(api, make_job("flowers", dataset, s3_server.endpoint, activeDeadlineSeconds=2))
+    await apply(api, make_job("flowers", dataset, s3_server.endpoint, activeDeadlineSeconds=3))
     await wait_for_gang(cluster, "flowers", 0)
     await run_all(cluster, "flowers")
 
@@ -268,7 +268,7 @@ async def test_suspend_deletes_the_pods_and_resume_brings_them_back(
 async def test_a_finished_job_is_deleted_after_its_ttl_with_its_children(
     cluster: ClusterEmulator, api: aiohttp.ClientSession, dataset: str, s3_server: SeaweedServer,
 ) -> None:
-    job = make_job("flowers", dataset, s3_server.endpoint, workers=1, ttlSecondsAfterFinished=1,
+    job = make_job("flowers", dataset, s3_server.endpoint, workers=1, ttlSecondsAfterFinished=3,
                    cleanPodPolicy="None")
     await apply(api, job)
     await wait_for_gang(cluster, "flowers", 0, workers=1)

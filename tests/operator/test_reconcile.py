@@ -312,6 +312,27 @@ def test_the_ttl_deletes_the_finished_job_when_it_falls_due(ttl: int, ago: float
     assert (plan.recheck_after is None) is deleted
 
 
+@pytest.mark.parametrize(
+    ("pods", "run_policy"),
+    [
+        ([pod(0, "Succeeded"), pod(1, "Running")], {}),
+        ([pod(0, "Running"), failed(1, int(ExitCode.DATASET_ERROR))], {}),
+        ([pod(0, "Running"), pod(1, "Running")], {"activeDeadlineSeconds": 5}),
+    ],
+)
+def test_a_job_that_finishes_now_asks_to_be_checked_when_its_ttl_falls_due(
+    pods: list[dict[str, Any]], run_policy: dict[str, Any]
+) -> None:
+    job = body(status=started(ago=10), ttlSecondsAfterFinished=30, **run_policy)
+
+    plan = decide(job, pods)
+
+    assert plan.status["phase"] in ("Succeeded", "Failed")
+    assert plan.recheck_after == pytest.approx(30) and not plan.delete_job
+    assert decide(body(status=started(), ttlSecondsAfterFinished=0, **run_policy),
+                  pods).delete_job
+
+
 def test_a_finished_job_without_ttl_stays() -> None:
     plan = decide(body(status=finished(st.SUCCEEDED, st.JOB_SUCCEEDED, ago=10**6)), [])
 

@@ -21,7 +21,8 @@ what this module does about each:
 - No kubelet and no scheduler: pods stay as created. FILLED by `set_pod_status`, a test-side
   fake kubelet that patches a pod's status and emits the MODIFIED event a watch would see.
 - Label selectors (`?labelSelector=`) are IGNORED: a list returns every object of the
-  namespace. Not filled: the operator filters pods by label itself and does not rely on it.
+  namespace. Not filled: the operator filters pods by label itself, and kopf re-checks the
+  labels of what its (server-side filtered) pod watch streams, so neither relies on it.
 - No schema validation, defaulting, CEL rules or admission: the emulator stores whatever it is
   sent. Not filled: schema tests validate against the generated CRD instead.
 - No graceful deletion: objects without finalizers vanish at once (pods have no
@@ -30,10 +31,13 @@ what this module does about each:
 - resourceVersion is ignored on watch and list (`?resourceVersion=` does not replay history) and
   there are no 410 Gone / bookmarks; a watch re-lists everything as ADDED. Not filled: kopf
   copes, and nothing here depends on it.
+- `/api/v1/namespaces` itself cannot be served: kmock's path parser takes the `namespaces`
+  segment for a namespace prefix and fails. Not filled: the in-process operator runs with
+  kopf's scanning disabled and the CLI test runs cluster-wide, so nothing lists namespaces.
 - Strategic merge patch and server-side apply are not supported; merge patches of lists
   replace them (as JSON merge patch does). Not filled: the operator only merge-patches.
-- No RBAC: every request is allowed. Not filled: the operator's API calls are listed in its
-  RBAC module and checked there.
+- No RBAC: every request is allowed. Not filled, but `api_calls` reports each (group,
+  resource, verb) served, and a test checks them against aimass_operator.rbac.
 """
 
 from __future__ import annotations

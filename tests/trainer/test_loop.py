@@ -10,9 +10,9 @@ import tensorflow as tf
 from trainer_jobs import Recorder, batches
 
 from aimass.spec import Architecture, EarlyStopping, FineTune, Model
+from aimass_trainer.distribute import Cluster
 from aimass_trainer.finetune import FineTunePlan
 from aimass_trainer.loop import (
-    Cluster,
     LoopSettings,
     LoopState,
     TrainingLoop,
@@ -66,7 +66,7 @@ def test_the_loop_state_survives_a_json_round_trip() -> None:
         ({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}},
          Cluster(2, "worker", 1)),
         ({"cluster": {"chief": ["a:1"], "worker": ["b:2"]}, "task": {"type": "chief", "index": 0}},
-         Cluster(2, "chief", 0)),
+         Cluster(2, "chief", 0, has_chief=True)),
     ],
 )
 def test_the_cluster_is_read_from_tf_config(tf_config: dict | None, expected: Cluster) -> None:
@@ -75,10 +75,11 @@ def test_the_cluster_is_read_from_tf_config(tf_config: dict | None, expected: Cl
     assert Cluster.from_tf_config(raw) == expected
 
 
-def test_only_the_chief_or_worker_zero_is_chief() -> None:
+def test_the_chief_task_or_else_worker_zero_is_chief() -> None:
     assert Cluster(2, "worker", 0).is_chief
     assert not Cluster(2, "worker", 1).is_chief
-    assert Cluster(3, "chief", 0).is_chief
+    assert Cluster(3, "chief", 0, has_chief=True).is_chief
+    assert not Cluster(3, "worker", 0, has_chief=True).is_chief
 
 
 def test_a_broken_tf_config_is_reported_with_its_text() -> None:

@@ -14,9 +14,7 @@ collective. TODO: on several local GPUs validation uses only the first one.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,85 +24,17 @@ import keras
 import tensorflow as tf
 
 from aimass.progress import EpochMetrics, ProgressReporter
-from aimass.spec import Architecture, EarlyStopping, MixedPrecision, Optimizer
+from aimass.spec import EarlyStopping, Optimizer
+from aimass_trainer.distribute import make_statistics_sync
 from aimass_trainer.finetune import FineTunePlan
 
 # Seconds between progress reports within an epoch: each report reads the running sums, which
 # waits for the steps in flight, so reporting every step would slow training down.
 BATCH_REPORT_INTERVAL = 0.5
 
-# Measured with bench/train_step.py on 2 CPU cores (resnet-small [2,2,2]/[32,64,128], 64 px,
-# batch 32): XLA made the small net's step slower, so it stays off; ResNet50 gains from it.
-# Under a distribution strategy XLA stays off too, as in Keras's own `jit_compile="auto"`.
-_JIT_BY_ARCHITECTURE = {Architecture.RESNET_SMALL: False}
-
 Perturb = Callable[[keras.Model, tf.Tensor, tf.Tensor], tf.Tensor]
 # One input pipeline's training batches (per-replica batch size), finite: the loop repeats it.
 DatasetFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """This process's place in a TF_CONFIG cluster; one worker when there is none."""
-
-    workers: int = 1
-    task_type: str = "worker"
-    task_index: int = 0
-
-    @property
-    def is_chief(self) -> bool:
-        """The chief writes checkpoints and outputs: the `chief` task, else worker 0."""
-        return self.task_type == "chief" or (self.task_type == "worker" and self.task_index == 0)
-
-    @classmethod
-    def from_tf_config(cls, raw: str | None) -> Cluster:
-        if not raw:
-            return cls()
-        try:
-            config = json.loads(raw)
-            members = config.get("cluster", {})
-            task = config.get("task", {})
-            workers = len(members.get("worker", [])) + len(members.get("chief", []))
-            return cls(max(1, workers), str(task.get("type", "worker")), int(task.get("index", 0)))
-        except (ValueError, TypeError, AttributeError) as error:
-            raise ValueError(f"TF_CONFIG is not a valid cluster description ({error}): {raw!r}")
-
-
-def select_strategy(
-    cluster: Cluster, *, collective_timeout: float | None = None
-) -> tf.distribute.Strategy:
-    """MultiWorkerMirroredStrategy for several workers, MirroredStrategy for several local
-    GPUs, else the default strategy.
-
-    NB: MultiWorkerMirroredStrategy must be created before any other TensorFlow operation runs
-    in the process, so call this first.
-    """
-    if cluster.workers > 1:
-        options = tf.distribute.experimental.CommunicationOptions(
-            timeout_seconds=collective_timeout
-        )
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-    if len(tf.config.list_logical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def use_mixed_precision(setting: MixedPrecision) -> bool:
-    """auto means on exactly when there is a GPU: on CPUs float16 is slower, not faster."""
-    if setting == MixedPrecision.AUTO:
-        return bool(tf.config.list_physical_devices("GPU"))
-    return setting == MixedPrecision.ON
-
-
-def cluster_from_env() -> Cluster:
-    return Cluster.from_tf_config(os.environ.get("TF_CONFIG"))
-
-
-def choose_jit_compile(architecture: Architecture, cluster: Cluster, replicas: int) -> bool:
-    """Whether the per-replica step is compiled with XLA; see `_JIT_BY_ARCHITECTURE`."""
-    if replicas > 1 or cluster.workers > 1:
-        return False
-    return _JIT_BY_ARCHITECTURE.get(architecture, True)
 
 
 def make_optimizer(
@@ -232,7 +162,8 @@ def make_train_step(
         optimizer.apply_gradients(zip(gradients, variables))
         return _sums(loss, correct)
 
-    compiled = tf.function(replica_step, jit_compile=jit_compile)
+    # Without XLA the replica step is traced inline, saving a nested function call per step.
+    compiled = tf.function(replica_step, jit_compile=True) if jit_compile else replica_step
 
     @tf.function
     def train_step(iterator: Any) -> None:
@@ -241,46 +172,6 @@ def make_train_step(
         totals.assign_add(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
 
     return train_step
-
-
-def batch_norm_statistics(model: keras.Model) -> list[Any]:
-    """The moving means and variances of every BatchNorm layer, nested models included."""
-    found: list[Any] = []
-    pending = list(model.layers)
-    while pending:
-        layer = pending.pop(0)
-        if isinstance(layer, keras.layers.BatchNormalization):
-            found += [layer.moving_mean, layer.moving_variance]
-        pending += list(getattr(layer, "layers", []))
-    return found
-
-
-def make_statistics_sync(
-    strategy: tf.distribute.Strategy, model: keras.Model
-) -> Callable[[], None] | None:
-    """A function that averages BatchNorm moving statistics over all replicas; None for one.
-
-    NB: Keras 3 updates these statistics on each replica from its own batch and never
-    aggregates them, so workers drift apart. Averaging after every epoch (before validation and
-    the checkpoint) makes them equal again; for the means this is exact, since the moving
-    average is linear in the batch means.
-    """
-    variables = batch_norm_statistics(model)
-    if strategy.num_replicas_in_sync == 1 or not variables:
-        return None
-
-    def replica_fn() -> None:
-        context = tf.distribute.get_replica_context()
-        values = [tf.identity(variable.value) for variable in variables]
-        averaged = context.all_reduce(tf.distribute.ReduceOp.MEAN, values)
-        for variable, value in zip(variables, averaged, strict=True):
-            variable.assign(value)
-
-    @tf.function
-    def sync() -> None:
-        strategy.run(replica_fn)
-
-    return sync
 
 
 def make_eval_step(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
@@ -385,10 +276,14 @@ class TrainingLoop:
 
     def _batches(self) -> Any:
         if self._iterator is None:
-            distributed = self.strategy.distribute_datasets_from_function(
-                lambda context: self._train(context).repeat()
-            )
-            self._iterator = iter(distributed)
+            if self.strategy.num_replicas_in_sync == 1:
+                # One replica: the plain dataset, without a distributed iterator's wrapping.
+                dataset = self._train(tf.distribute.InputContext()).repeat()
+            else:
+                dataset = self.strategy.distribute_datasets_from_function(
+                    lambda context: self._train(context).repeat()
+                )
+            self._iterator = iter(dataset)
         return self._iterator
 
     def _train_epoch(self, state: LoopState) -> None:

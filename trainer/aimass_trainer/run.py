@@ -25,22 +25,20 @@ from types import FrameType
 from typing import Any
 
 import keras
+import tensorflow as tf
 
 from aimass.progress import ProgressReporter
 from aimass.spec import TrainingJob, TrainingJobSpec
 from aimass_trainer import adversarial, augment, data, finetune, outputs
 from aimass_trainer.checkpoints import CheckpointStore
-from aimass_trainer.loop import (
+from aimass_trainer.distribute import (
     Cluster,
-    LoopSettings,
-    LoopState,
-    Perturb,
-    TrainingLoop,
     choose_jit_compile,
     cluster_from_env,
     select_strategy,
     use_mixed_precision,
 )
+from aimass_trainer.loop import LoopSettings, LoopState, Perturb, TrainingLoop
 from aimass_trainer.models import dtype_policy
 
 
@@ -109,6 +107,29 @@ def steps_per_epoch(train_count: int, batch_size: int, workers: int) -> int:
     return max(1, usable // batch_size)
 
 
+def loop_settings(
+    spec: TrainingJobSpec,
+    train_count: int,
+    cluster: Cluster,
+    strategy: tf.distribute.Strategy,
+    *,
+    mixed: bool,
+) -> LoopSettings:
+    """The loop's settings from the spec, the data and where training runs."""
+    training = spec.training
+    return LoopSettings(
+        epochs=training.epochs,
+        steps_per_epoch=steps_per_epoch(train_count, training.batch_size, cluster.workers),
+        learning_rate=training.learning_rate,
+        optimizer=training.optimizer,
+        mixed_precision=mixed,
+        jit_compile=choose_jit_compile(
+            spec.model.architecture, cluster, strategy.num_replicas_in_sync
+        ),
+        early_stopping=training.early_stopping,
+    )
+
+
 def make_perturb(spec: TrainingJobSpec, value_range: tuple[float, float]) -> Perturb | None:
     """The FGSM mixing from `augmentation.adversarial`, bound to a loss; None when off."""
     step = adversarial.adversarial_step_fn(spec.augmentation.adversarial, value_range)
@@ -171,19 +192,7 @@ def run_training(
                 client=client,
                 cache_dir=cache_dir,
             )
-        settings = LoopSettings(
-            epochs=spec.training.epochs,
-            steps_per_epoch=steps_per_epoch(
-                len(prepared.train), spec.training.batch_size, cluster.workers
-            ),
-            learning_rate=spec.training.learning_rate,
-            optimizer=spec.training.optimizer,
-            mixed_precision=mixed,
-            jit_compile=choose_jit_compile(
-                spec.model.architecture, cluster, strategy.num_replicas_in_sync
-            ),
-            early_stopping=spec.training.early_stopping,
-        )
+        settings = loop_settings(spec, len(prepared.train), cluster, strategy, mixed=mixed)
         store = CheckpointStore(client, spec.output.uri, is_chief=cluster.is_chief)
 
         def save_checkpoint(state: LoopState, best: bool) -> None:
@@ -236,6 +245,7 @@ def run_training(
                 metrics=metrics,
                 scratch=cache_dir,
             )
+            # Known only once metrics.json is written: in the result, not in the file.
             metrics["timings"]["outputs_seconds"] = round(time.perf_counter() - started, 3)
 
     reporter.on_train_end(model_uri=model_uri, final=metrics["final"])
