@@ -39,7 +39,7 @@ from aimass_operator.preflight import CredentialsError, check_dataset
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_IMAGE = "ghcr.io/aimass/aimass:0.1.0"
+DEFAULT_IMAGE = "aimass/trainer:0.1.0"
 
 
 @dataclass

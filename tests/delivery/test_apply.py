@@ -1,5 +1,5 @@
 """kubectl applies the kustomize output to the test API server (kmock's emulator, extended for
-kubectl in support/kube_discovery.py), client-side and server-side, and everything lands."""
+kubectl in support/kube.py), client-side and server-side, and everything lands."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import kmock
 import pytest
 from delivery.tooling import MANIFESTS, ROOT, kustomize
-from support.kube_discovery import DiscoveryEmulator, write_kubeconfig
+from support.kube import DiscoveryEmulator, write_kubeconfig
 
 KUBECTL_TIMEOUT_S = 60
 # The emulator serves no OpenAPI document, so kubectl cannot validate client-side; the objects

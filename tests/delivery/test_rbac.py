@@ -40,7 +40,7 @@ from delivery.api_calls import (
     verb_of,
 )
 from delivery.tooling import ROOT, load_yaml
-from support.kube_discovery import DiscoveryEmulator, register_crd
+from support.kube import DiscoveryEmulator, register_crd
 
 NAMESPACE = "ml"
 

@@ -39,7 +39,7 @@ from support.kube import (
     running_status,
     succeeded_status,
 )
-from support.kube_discovery import DiscoveryMixin, register_crd
+from support.kube import DiscoveryMixin, register_crd
 
 NAMESPACE = "ml"
 TEST_CLIENT = "aimass-delivery-test"

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 
+import keras
 import pytest
 import tensorflow as tf
 from trainer_jobs import Recorder, batches
 
-from aimass.spec import Architecture, EarlyStopping, FineTune, Model
+from aimass.spec import Adversarial, Architecture, EarlyStopping, FineTune, Model
+from aimass_trainer.adversarial import adversarial_step_fn
 from aimass_trainer.distribute import Cluster
 from aimass_trainer.finetune import FineTunePlan
 from aimass_trainer.loop import (
@@ -18,7 +20,7 @@ from aimass_trainer.loop import (
     TrainingLoop,
     update_early_stopping,
 )
-from aimass_trainer.models import build_model
+from aimass_trainer.models import build_model, dtype_policy
 from aimass_trainer.run import steps_per_epoch
 
 
@@ -118,3 +120,31 @@ def test_the_loop_lowers_the_loss_and_reports_every_epoch() -> None:
     assert state.history[-1]["loss"] < state.history[0]["loss"]
     assert reporter.epochs[-1].val_accuracy is not None
     assert reporter.epochs[-1].eta_seconds == 0
+
+
+def test_mixed_precision_with_fgsm_mixing_trains_through_a_loss_scale_optimizer() -> None:
+    tf.keras.utils.set_random_seed(0)
+    with dtype_policy("mixed_float16"):
+        model = build_model(Architecture.RESNET_SMALL, (16, 16, 3), 3, blocks=[1], filters=[8])
+    fgsm = adversarial_step_fn(Adversarial(epsilon=0.05, fraction=0.5), (0.0, 1.0))
+    assert fgsm is not None
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+    loop = TrainingLoop(
+        strategy=tf.distribute.get_strategy(),
+        model=model,
+        train=lambda context: batches(48),
+        validation=None,
+        settings=LoopSettings(
+            epochs=3, steps_per_epoch=6, learning_rate=0.01, mixed_precision=True
+        ),
+        plan=FineTunePlan.from_spec(Model(), FineTune()),
+        reporter=Recorder(),
+        perturb=lambda net, images, labels: fgsm(net, loss_fn, images, labels),
+    )
+
+    optimizer = loop.prepare(1)
+    state = loop.run(LoopState())
+
+    assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    assert model.get_layer("head_dense").compute_dtype == "float16"
+    assert state.history[-1]["loss"] < state.history[0]["loss"]

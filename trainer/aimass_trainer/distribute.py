@@ -29,7 +29,8 @@ from aimass.spec import Architecture, MixedPrecision
 # - resnet50 at 32 px: fit 9.1 -> 28.7 img/s, our loop 9.9 -> 17.6 img/s; so on for all the
 #   keras.applications ResNets.
 # Under a distribution strategy XLA stays off, as with Keras's own `jit_compile="auto"`.
-# TODO: with XLA, our loop reached only ~60% of fit's speed on resnet50; find out why.
+# TODO: with XLA our loop reached ~60% of fit's speed on resnet50, in one 3-round run while
+# other jobs loaded the machine; measure again on a quiet one and find the cause if it holds.
 _JIT_BY_ARCHITECTURE = {Architecture.RESNET_SMALL: False}
 
 
