@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import importlib.metadata
 import logging
 import math
 from collections.abc import Callable
@@ -39,7 +40,8 @@ from aimass_operator.preflight import CredentialsError, check_dataset
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_IMAGE = "aimass/trainer:0.1.0"
+# The image `make images` builds, tagged with this package's version.
+DEFAULT_IMAGE = f"aimass/trainer:{importlib.metadata.version('aimass')}"
 
 
 @dataclass
