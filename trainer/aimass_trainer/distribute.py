@@ -26,11 +26,11 @@ from aimass.spec import Architecture, MixedPrecision
 #   212 -> 219 img/s: a few per cent for us, less than XLA's compile time costs a short job
 #   (and once more after each fine-tuning phase change); so off. (XLA was said to halve this
 #   net's speed; on this CPU it did not, but it did not pay either.)
-# - resnet50 at 32 px: fit 9.1 -> 28.7 img/s, our loop 9.9 -> 17.6 img/s; so on for all the
-#   keras.applications ResNets.
+# - resnet50 at 32 px, two runs: fit 9.1 -> 28.7 and 12.3 -> 35.1 img/s with XLA, our loop
+#   9.9 -> 17.6 and 10.9 -> 19.9 img/s; so on for all the keras.applications ResNets.
 # Under a distribution strategy XLA stays off, as with Keras's own `jit_compile="auto"`.
-# TODO: with XLA our loop reached ~60% of fit's speed on resnet50, in one 3-round run while
-# other jobs loaded the machine; measure again on a quiet one and find the cause if it holds.
+# TODO: with XLA on resnet50, fit's best epoch beat ours by ~40% while the median ratio of
+# paired epochs was even (+0.7%, 3 rounds, a shared machine); measure on a quiet machine.
 _JIT_BY_ARCHITECTURE = {Architecture.RESNET_SMALL: False}
 
 
