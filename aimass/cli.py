@@ -335,6 +335,13 @@ def error_codes() -> list[tuple[type[BaseException], ExitCode]]:
         codes.append((StorageError, ExitCode.STORAGE_ERROR))
     except ImportError:
         pass
+    # A model that does not fit the spec, or a checkpoint that does not fit the model, fails the
+    # same way on every retry. Both can only be raised once their (TensorFlow) module is loaded.
+    for module, name in (("aimass_trainer.models", "ModelError"),
+                         ("aimass_trainer.checkpoints", "CheckpointError")):
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            codes.append((getattr(loaded, name), ExitCode.INVALID_SPEC))
     return codes
 
 

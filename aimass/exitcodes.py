@@ -13,7 +13,8 @@ class ExitCode(IntEnum):
     OK = 0
     # An unexpected error while training: retried.
     TRAINING_FAILED = 1
-    # The TrainingJob does not validate, or the command line is wrong: permanent.
+    # The TrainingJob does not validate, the command line is wrong, the model does not fit the
+    # spec, or a checkpoint does not fit the model: permanent.
     INVALID_SPEC = 2
     # The dataset is missing, has fewer than two classes, an empty class, or no images: permanent.
     DATASET_ERROR = 3

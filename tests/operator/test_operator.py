@@ -213,7 +213,7 @@ async def test_a_failing_worker_restarts_the_gang_until_the_backoff_is_spent(
     assert "exited with code 1" in failed["message"]
     assert "loss became NaN at step 7" in failed["message"]
     assert status_of(cluster, "flowers")["restartCount"] == 2
-    assert metrics.jobs_restarted._value.get() == 2
+    await eventually(lambda: metrics.jobs_restarted._value.get() == 2, what="2 restarts counted")
     await eventually(lambda: not pods(cluster), what="the failed job's pods deleted")
 
 
