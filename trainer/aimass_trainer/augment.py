@@ -16,8 +16,9 @@ Two implementations give the same kinds of transform with the same ranges:
 - "fused" (`augmentation.fusedWarp: true`) composes rotation, shifts, zoom, shear and flips
   into ONE affine matrix per image and warps the uint8 batch once (`ImageProjectiveTransformV3`,
   bilinear), as ImageDataGenerator does one `affine_transform` per image; brightness and
-  contrast are then one elementwise pass. Several times faster than the layers on a CPU at 224 px (see
-  `python -m bench.pipeline`), and interpolating once blurs less than five warps in a row.
+  contrast are then one elementwise pass. Several times faster than the layers on a CPU at
+  224 px (see `python -m bench.pipeline`); interpolating once blurs less than five warps in a
+  row.
 
 Determinism: nothing uses a stateful generator (inside a parallel `Dataset.map` the order in
 which batches advance a shared generator is not fixed). Each batch arrives with its own seed,
