@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import threading
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import attrs
 import boto3
 import kmock
-import kopf
 from prometheus_client import CollectorRegistry
 
 import aimass_operator.handlers  # noqa: F401  (registers the handlers kopf runs)
@@ -29,7 +25,6 @@ from aimass.seaweed import SeaweedServer
 from aimass_operator import rbac
 from aimass_operator.crd import build_crd
 from aimass_operator.metrics import OperatorMetrics
-from aimass_operator.runtime import OperatorConfig
 from delivery.api_calls import allows, is_discovery, verb_of
 from support.kube import (
     JOBS,
@@ -39,6 +34,7 @@ from support.kube import (
     running_status,
     succeeded_status,
 )
+from support.harness import running_operator
 from support.kube import DiscoveryMixin, register_crd
 
 NAMESPACE = "ml"
@@ -54,34 +50,6 @@ class ObservedCluster(DiscoveryMixin, ClusterEmulator):
         super().__attrs_post_init__()
         self.resources.load_bundled()
         register_crd(self.resources, build_crd())
-
-
-@contextlib.asynccontextmanager
-async def _operator_watching(cluster: ObservedCluster, namespace: str) -> AsyncIterator[None]:
-    """The operator as the namespaced install runs it, in a thread with its own event loop."""
-    # TODO: share tests/operator/conftest.py's running_operator once it moves to support.
-    config = OperatorConfig(
-        default_image="aimass/trainer:test",
-        connection=kopf.ConnectionInfo(server=str(cluster.url).rstrip("/")),
-        sweep_interval=0.2, preflight_retry_delay=1.0, metrics=OperatorMetrics(CollectorRegistry()),
-    )
-    settings = kopf.OperatorSettings()
-    settings.batching.idle_timeout = 0.2
-    settings.batching.batch_window = 0.01
-    settings.watching.reconnect_backoff = 0.1
-    stop, ready = threading.Event(), threading.Event()
-    thread = threading.Thread(name="operator", daemon=True, target=lambda: asyncio.run(
-        kopf.operator(namespaces=[namespace], standalone=True, settings=settings,
-                      stop_flag=stop, ready_flag=ready, memo=kopf.Memo(config=config))
-    ))
-    thread.start()
-    try:
-        assert await asyncio.to_thread(ready.wait, 10), "the operator did not start in 10 s"
-        yield
-    finally:
-        stop.set()
-        await asyncio.to_thread(thread.join, 15)
-        assert not thread.is_alive(), "the operator did not stop in 15 s"
 
 
 async def _until(check: Any, what: str, timeout: float = 15.0) -> None:
@@ -122,7 +90,8 @@ async def test_every_request_the_running_operator_sends_is_allowed_by_its_role(
 
     async with ObservedCluster() as cluster, kmock.Server(cluster), aiohttp.ClientSession(
         base_url=str(cluster.url), headers={"User-Agent": TEST_CLIENT}
-    ) as client, _operator_watching(cluster, NAMESPACE):
+    ) as client, running_operator(cluster, OperatorMetrics(CollectorRegistry()),
+                                              namespace=NAMESPACE, scanning=True):
         namespace_body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
         await client.post("/api/v1/namespaces", json=namespace_body)
         secret_body = {"apiVersion": "v1", "kind": "Secret",

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import kmock
 import pytest
-from harness import NAMESPACE, SECRET_NAME, running_operator
+from support.harness import NAMESPACE, SECRET_NAME, running_operator
 from prometheus_client import CollectorRegistry
 
 from aimass.seaweed import SeaweedServer

@@ -26,7 +26,7 @@ import pytest
 from aimass import spec, storage
 from aimass.seaweed import SeaweedServer
 from aimass_operator.metrics import OperatorMetrics
-from harness import NAMESPACE, SECRET_NAME, apply, eventually, running_operator
+from support.harness import NAMESPACE, SECRET_NAME, apply, eventually, running_operator
 from support.images import make_image_folder, upload_folder
 from support.kube import JOBS, PODS, SECRETS, ClusterEmulator, running_status
 

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import kopf
 import pytest
-from harness import NAMESPACE, apply, eventually
+from support.harness import NAMESPACE, apply, eventually
 
 from aimass_operator import main as entry
 from support.kube import JOBS, ClusterEmulator

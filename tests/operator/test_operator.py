@@ -17,7 +17,7 @@ from aimass.exitcodes import ExitCode
 from aimass.seaweed import SeaweedServer
 from aimass_operator import rbac
 from aimass_operator.metrics import OperatorMetrics
-from harness import NAMESPACE, SECRET_NAME, apply, eventually, running_operator
+from support.harness import NAMESPACE, SECRET_NAME, apply, eventually, running_operator
 from support.kube import (
     EVENTS,
     JOBS,

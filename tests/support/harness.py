@@ -1,4 +1,5 @@
-"""Helpers for running the real operator against the emulator, shared by the operator tests."""
+"""Helpers for running the real operator against the emulator, shared by the operator and
+delivery tests."""
 
 from __future__ import annotations
 
@@ -24,9 +25,14 @@ SECRET_NAME = "s3-credentials"
 
 @contextlib.asynccontextmanager
 async def running_operator(
-    cluster: ClusterEmulator, metrics: OperatorMetrics, *, sweep_interval: float = 0.2
+    cluster: ClusterEmulator, metrics: OperatorMetrics, *, sweep_interval: float = 0.2,
+    namespace: str = NAMESPACE, scanning: bool = False,
 ) -> AsyncIterator[None]:
-    """The operator as `aimass operator` runs it, watching one namespace, for a `with` block."""
+    """The operator as `aimass operator` runs it, watching one namespace, for a `with` block.
+
+    `scanning` turns kopf's cluster observers (CRDs, namespaces) on; the emulator must then serve
+    Namespaces (`support.kube.DiscoveryMixin`).
+    """
     config = OperatorConfig(
         default_image=IMAGE,
         connection=kopf.ConnectionInfo(server=str(cluster.url).rstrip("/")),
@@ -35,8 +41,8 @@ async def running_operator(
         metrics=metrics,
     )
     settings = kopf.OperatorSettings()
-    # kmock cannot list /api/v1/namespaces, and the namespace here is fixed anyway.
-    settings.scanning.disabled = True
+    # kmock alone cannot list /api/v1/namespaces, and the namespace here is fixed anyway.
+    settings.scanning.disabled = not scanning
     settings.batching.idle_timeout = 0.2
     settings.batching.batch_window = 0.01
     settings.watching.reconnect_backoff = 0.1
@@ -44,7 +50,7 @@ async def running_operator(
     # own included, so the operator gets a loop of its own in a thread, as in production.
     stop, ready = threading.Event(), threading.Event()
     thread = threading.Thread(name="operator", daemon=True, target=lambda: asyncio.run(
-        kopf.operator(namespaces=[NAMESPACE], standalone=True, settings=settings,
+        kopf.operator(namespaces=[namespace], standalone=True, settings=settings,
                       stop_flag=stop, ready_flag=ready, memo=kopf.Memo(config=config))
     ))
     thread.start()
