@@ -16,6 +16,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -188,6 +189,11 @@ def command_data_upload(args: argparse.Namespace) -> int:
     source = Path(args.dir)
     if not source.is_dir():
         raise UsageError(f"data upload: {source} is not a folder")
+    if not re.match(spec.S3_URI_PATTERN, args.uri):
+        raise UsageError(
+            f"data upload: the destination must be s3://bucket/prefix with a valid bucket name "
+            f"(received {args.uri!r})"
+        )
     with s3_session(args.endpoint, Path(args.data_dir)):
         from aimass import storage
 
@@ -206,8 +212,8 @@ def command_validate(args: argparse.Namespace) -> int:
             job = spec.load_job(path)
         except spec.SpecError as error:
             failed += 1
-            err.print(f"[red]{path}: invalid[/red]", highlight=False)
-            err.print(str(error), markup=False, highlight=False)
+            err.print(f"[red]{path}: invalid[/red]", highlight=False, soft_wrap=True)
+            err.print(str(error), markup=False, highlight=False, soft_wrap=True)
             continue
         out.print(f"{path}: valid TrainingJob {job.metadata.name!r}", highlight=False)
     return ExitCode.INVALID_SPEC if failed else ExitCode.OK
@@ -301,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     upload.set_defaults(handler=command_data_upload)
 
     validate = commands.add_parser("validate", parents=[common], help="check TrainingJob files")
-    validate.add_argument("-f", "--file", action="append", required=True, help="YAML file")
+    validate.add_argument(
+        "-f", "--file", nargs="+", action="extend", required=True, help="YAML files"
+    )
     validate.set_defaults(handler=command_validate)
 
     s3 = commands.add_parser("s3", help="the embedded S3 server")
@@ -375,9 +383,13 @@ def run_handler(handler: Callable[[argparse.Namespace], int], args: argparse.Nam
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
 
-    # The operator's commands parse their own options; forward them untouched.
-    if argv and argv[0] in DELEGATES:
-        return delegate(argv[0], argv[1:])
+    # The operator's commands parse their own options; forward them untouched (after any of
+    # aimass's own leading options, such as --debug, which they do not need).
+    leading = 0
+    while leading < len(argv) and argv[leading].startswith("-"):
+        leading += 1
+    if leading < len(argv) and argv[leading] in DELEGATES:
+        return delegate(argv[leading], argv[leading + 1:])
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(

@@ -544,7 +544,7 @@ def format_errors(error: ValidationError, prefix: str = "") -> str:
 def parse_spec(data: Any) -> TrainingJobSpec:
     """Validate a `spec` mapping; raise SpecError naming every bad field."""
     try:
-        return TrainingJobSpec.model_validate(data)
+        return TrainingJobSpec.model_validate(data, by_alias=True, by_name=False)
     except ValidationError as error:
         raise SpecError(format_errors(error, prefix="spec.")) from None
 
@@ -554,14 +554,17 @@ def parse_job(data: Any) -> TrainingJob:
     if not isinstance(data, dict):
         raise SpecError(f"a TrainingJob must be a mapping (received {type(data).__name__})")
     try:
-        return TrainingJob.model_validate(data)
+        return TrainingJob.model_validate(data, by_alias=True, by_name=False)
     except ValidationError as error:
         raise SpecError(format_errors(error)) from None
 
 
 def load_job(path: str | Path) -> TrainingJob:
     """Read one TrainingJob from a YAML file (the first TrainingJob if there are several)."""
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise SpecError(f"{path}: cannot read the file: {error.strerror or error}") from None
     try:
         documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
     except yaml.YAMLError as error:

@@ -13,6 +13,7 @@ that failed (`Unreachable`, `AccessDenied`, ...).
 
 from __future__ import annotations
 
+
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -135,6 +136,17 @@ def _translated(action: str, uri: str) -> Iterator[None]:
         ) from error
 
 
+@contextmanager
+def _translated_transport(action: str, uri: str) -> Iterator[None]:
+    """Like `_translated`, for calls whose ClientError the caller inspects itself: only failures
+    below S3 (unreachable endpoint, no credentials) become a StorageError here."""
+    try:
+        yield
+    except BotoCoreError as error:
+        with _translated(action, uri):
+            raise error
+
+
 def _pages(
     client: Any, bucket: str, prefix: str, delimiter: str | None, page_size: int | None = None
 ) -> Iterator[dict[str, Any]]:
@@ -195,7 +207,8 @@ def ensure_bucket(client: Any, bucket: str) -> None:
     """Create `bucket` unless it exists already (and is ours)."""
     uri = f"s3://{bucket}"
     try:
-        client.head_bucket(Bucket=bucket)
+        with _translated_transport("check bucket", uri):
+            client.head_bucket(Bucket=bucket)
         return
     except ClientError as error:
         if _reason(error) not in {"NoSuchKey", "NoSuchBucket"}:
@@ -233,7 +246,8 @@ def read_bytes(client: Any, uri: str) -> bytes | None:
     """
     bucket, key = parse_s3_uri(uri)
     try:
-        response = client.get_object(Bucket=bucket, Key=key)
+        with _translated_transport("read", uri):
+            response = client.get_object(Bucket=bucket, Key=key)
     except ClientError as error:
         if _reason(error) == "NoSuchKey":
             return None

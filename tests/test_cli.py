@@ -73,7 +73,7 @@ def tiny_dataset(root: Path) -> Path:
             demo.write_split(demo.Split(name, source, TINY_CLASSES, count), images, labels, root)
         return root
 
-    from tests.support.images import make_image_folder
+    from support.images import make_image_folder
 
     make_image_folder(root / "train", per_class=24, size=16)
     make_image_folder(root / "validation", per_class=8, size=16, seed=1)
@@ -128,6 +128,45 @@ def test_validate_names_each_bad_field_and_exits_2(tmp_path: Path) -> None:
     assert result.returncode == ExitCode.INVALID_SPEC
     assert "spec.training.epochs" in result.stderr
     assert "spec.dataset.colorMode" in result.stderr and "sepia" in result.stderr
+
+
+def test_validate_takes_several_files_after_one_flag_and_a_missing_one_exits_2(
+    tmp_path: Path,
+) -> None:
+    result = aimass("validate", "-f", *map(str, EXAMPLES), str(tmp_path / "missing.yaml"))
+
+    assert result.returncode == ExitCode.INVALID_SPEC
+    assert result.stdout.count("valid TrainingJob") == len(EXAMPLES)
+    assert "missing.yaml: cannot read the file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_snake_case_field_names_are_rejected_as_the_cluster_would(tmp_path: Path) -> None:
+    document = job_document("any-bucket")
+    document["spec"]["dataset"]["image_size"] = document["spec"]["dataset"].pop("imageSize")
+
+    result = aimass("validate", "-f", str(write_job(tmp_path / "job.yaml", document)))
+
+    assert result.returncode == ExitCode.INVALID_SPEC
+    assert "spec.dataset.image_size" in result.stderr
+
+
+def test_data_upload_to_a_bad_uri_exits_2_before_starting_any_server(tmp_path: Path) -> None:
+    (tmp_path / "cats").mkdir()
+
+    result = aimass("data", "upload", str(tmp_path), "s3://Bad_Bucket/x",
+                    "--data-dir", str(tmp_path / "store"))
+
+    assert result.returncode == ExitCode.INVALID_SPEC
+    assert "'s3://Bad_Bucket/x'" in result.stderr
+    assert not (tmp_path / "store").exists()
+
+
+def test_leading_options_do_not_stop_the_operator_commands_from_being_forwarded() -> None:
+    result = aimass("--debug", "crd")
+
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert "kind: CustomResourceDefinition" in result.stdout
 
 
 def test_train_with_an_invalid_spec_exits_2_naming_the_field(tmp_path: Path) -> None:

@@ -173,6 +173,26 @@ def test_an_unreachable_endpoint_names_the_uri_and_the_endpoint_setting(
     assert "AWS_ENDPOINT_URL" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("call", "uri"),
+    [
+        (lambda client: storage.ensure_bucket(client, "models"), "s3://models"),
+        (lambda client: storage.read_bytes(client, "s3://models/x.json"), "s3://models/x.json"),
+    ],
+    ids=["ensure_bucket", "read_bytes"],
+)
+def test_calls_that_inspect_s3_errors_still_report_an_unreachable_endpoint(
+    monkeypatch: pytest.MonkeyPatch, s3_env: dict[str, str], call: object, uri: str
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
+    client = storage.make_client()
+
+    with pytest.raises(StorageError, match=uri) as caught:
+        call(client)  # type: ignore[operator]
+
+    assert caught.value.reason == "Unreachable"
+
+
 def test_refused_credentials_say_which_variables_to_check(client: object) -> None:
     # NB: the embedded SeaweedFS accepts any key pair, so the refusal is stubbed.
     with Stubber(client) as stub:
