@@ -323,3 +323,15 @@ def test_the_field_reference_lists_every_field_of_the_spec() -> None:
     assert names(spec.TrainingJobSpec) <= leaves
     assert "spec.augmentation.adversarial.epsilon" in paths
     assert len(paths) == len(set(paths))
+
+
+def test_the_readme_field_reference_is_the_generated_one() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "aimass.docs"], capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() in (ROOT / "README.md").read_text(), (
+        "README.md's TrainingJob reference is stale: paste `python -m aimass.docs` into it"
+    )
