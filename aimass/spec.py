@@ -29,9 +29,16 @@ KIND = "TrainingJob"
 PLURAL = "trainingjobs"
 SINGULAR = "trainingjob"
 SHORT_NAMES = ["tj"]
-CATEGORIES = ["aimass", "all"]
+# Not "all": then `kubectl delete all --all` would delete every TrainingJob too.
+CATEGORIES = ["aimass"]
 
 S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$"
+# NB: every string and list has a size limit. The API server estimates the worst-case cost of
+# the CRD's CEL rules (the spec freeze compares whole objects) from these limits, and rejects a
+# CRD whose rules could cost too much; an unbounded field counts as megabytes.
+MAX_NAME = 253  # a DNS subdomain, and a label key with its prefix
+MAX_LABEL_VALUE = 63
+MAX_QUANTITY = 64
 # A Kubernetes quantity such as 500m, 2, 4Gi or 1.5.
 QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 
@@ -358,7 +365,10 @@ class Storage(_Model):
         "cluster; an embedded SeaweedFS server on loopback for `aimass train`.",
     )
     region: str = Field(
-        default="us-east-1", pattern=r"^[a-z0-9-]{2,32}$", description="S3 region."
+        default="us-east-1",
+        pattern=r"^[a-z0-9-]{2,32}$",
+        max_length=32,
+        description="S3 region.",
     )
     credentials_secret: str | None = Field(
         default=None,
@@ -374,24 +384,35 @@ class Resources(_Model):
 
     gpus: int = Field(default=0, ge=0, le=16, description="nvidia.com/gpu per worker.")
     cpu: str = Field(
-        default="1", pattern=QUANTITY_PATTERN, description="CPU request and limit per worker."
+        default="1",
+        pattern=QUANTITY_PATTERN,
+        max_length=MAX_QUANTITY,
+        description="CPU request and limit per worker.",
     )
     memory: str = Field(
-        default="4Gi", pattern=QUANTITY_PATTERN, description="Memory request and limit per worker."
+        default="4Gi",
+        pattern=QUANTITY_PATTERN,
+        max_length=MAX_QUANTITY,
+        description="Memory request and limit per worker.",
     )
 
 
 class Toleration(_Model):
     """A pod toleration, passed through unchanged."""
 
-    key: str | None = Field(default=None, description="Taint key; empty matches all keys.")
-    operator: str | None = Field(
-        default=None, pattern=r"^(Exists|Equal)$", description="Exists or Equal."
+    key: str | None = Field(
+        default=None, max_length=MAX_NAME, description="Taint key; empty matches all keys."
     )
-    value: str | None = Field(default=None, description="Taint value for Equal.")
+    operator: str | None = Field(
+        default=None, pattern=r"^(Exists|Equal)$", max_length=6, description="Exists or Equal."
+    )
+    value: str | None = Field(
+        default=None, max_length=MAX_LABEL_VALUE, description="Taint value for Equal."
+    )
     effect: str | None = Field(
         default=None,
         pattern=r"^(NoSchedule|PreferNoSchedule|NoExecute)$",
+        max_length=16,
         description="Taint effect to tolerate; empty matches all effects.",
     )
     toleration_seconds: int | None = Field(
@@ -408,24 +429,31 @@ class Worker(_Model):
         description="Trainer image. Unset: the operator's default image.",
     )
     resources: Resources = Field(default_factory=Resources, description="Per-worker compute.")
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Node labels the pods must match."
+    node_selector: dict[str, Annotated[str, Field(max_length=MAX_LABEL_VALUE)]] = Field(
+        default_factory=dict, max_length=32, description="Node labels the pods must match."
     )
     tolerations: list[Toleration] = Field(
-        default_factory=list, description="Taints the pods tolerate."
+        default_factory=list, max_length=32, description="Taints the pods tolerate."
     )
     affinity: dict[str, Any] | None = Field(
         default=None,
         description="Pod affinity, passed through unchanged (core/v1 Affinity).",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
-    priority_class_name: str | None = Field(default=None, description="PriorityClass.")
-    scheduler_name: str | None = Field(default=None, description="Scheduler, e.g. volcano.")
-    image_pull_secrets: list[str] = Field(
-        default_factory=list, description="Names of Secrets used to pull the image."
+    priority_class_name: str | None = Field(
+        default=None, max_length=MAX_NAME, description="PriorityClass."
+    )
+    scheduler_name: str | None = Field(
+        default=None, max_length=MAX_NAME, description="Scheduler, e.g. volcano."
+    )
+    image_pull_secrets: list[Annotated[str, Field(max_length=MAX_NAME)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Names of Secrets used to pull the image.",
     )
     service_account_name: str | None = Field(
         default=None,
+        max_length=MAX_NAME,
         description="ServiceAccount for the pods. Unset: a per-job account that may only "
         "report this job's progress.",
     )

@@ -29,6 +29,8 @@ _KEPT = (
     "maxLength",
     "minItems",
     "maxItems",
+    "minProperties",
+    "maxProperties",
     "pattern",
     "required",
     "x-kubernetes-preserve-unknown-fields",

@@ -237,3 +237,21 @@ def test_an_optional_reference_becomes_its_target_with_the_fields_own_words() ->
             "description": "the field", "title": "Thing"}
     assert structural_schema(node, defs) == {"type": "object", "description": "the field",
                                              "properties": {}}
+
+
+def test_every_spec_string_list_and_map_has_a_size_limit_for_the_cel_cost_estimate() -> None:
+    # The API server rejects a CRD whose CEL rules could cost too much, estimating from these
+    # limits; the spec-freeze rule compares whole objects, so one unbounded field is enough.
+    unbounded = []
+    for path, node in nodes(SPEC, "spec"):
+        if node.get("x-kubernetes-preserve-unknown-fields"):
+            continue  # CEL sees no fields inside it (see the freeze rule's TODO)
+        kind = node.get("type")
+        if kind == "string" and "enum" not in node and "maxLength" not in node:
+            unbounded.append(f"{path} (maxLength)")
+        if kind == "array" and "maxItems" not in node:
+            unbounded.append(f"{path} (maxItems)")
+        if kind == "object" and "additionalProperties" in node and "maxProperties" not in node:
+            unbounded.append(f"{path} (maxProperties)")
+
+    assert not unbounded, f"fields without a size limit: {unbounded}"
