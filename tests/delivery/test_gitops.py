@@ -117,14 +117,15 @@ def test_flux_health_expressions_give_each_phase_one_verdict() -> None:
     (check,) = jobs["spec"]["healthCheckExprs"]
     environment = celpy.Environment()
 
-    def verdicts(phase: str) -> list[str]:
+    def verdicts(phase: str | None) -> list[str]:
         # Flux evaluates each expression with the object's top-level fields as variables.
-        activation = {"status": celpy.json_to_cel({"phase": phase})}
+        activation = {"status": celpy.json_to_cel({} if phase is None else {"phase": phase})}
         return [key for key in ("current", "failed", "inProgress")
                 if environment.program(environment.compile(check[key])).evaluate(activation)]
 
     assert check["kind"] == "TrainingJob" and check["apiVersion"] == "aimass.dev/v1alpha1"
     assert verdicts("Succeeded") == ["current"]
+    assert verdicts("Suspended") == ["current"]
     assert verdicts("Failed") == ["failed"]
-    for phase in ("Pending", "Running", "Suspended"):
+    for phase in (None, "Pending", "Running"):
         assert verdicts(phase) == ["inProgress"], phase
