@@ -224,12 +224,6 @@ class Augmentation(_Model):
         description="Adversarial examples mixed into each training batch. Off when unset.",
     )
 
-    @property
-    def is_identity(self) -> bool:
-        """True when no random transform is configured (rescale is not random)."""
-        random_fields = self.model_dump(exclude={"rescale", "adversarial", "fused_warp"})
-        return not any(random_fields.values())
-
 
 class Model(_Model):
     """The network and where its starting weights come from."""
