@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,18 +32,17 @@ def s3_env(s3_server: SeaweedServer, monkeypatch: pytest.MonkeyPatch) -> dict[st
 
 
 @pytest.fixture
-def bucket(s3_server: SeaweedServer, s3_env: dict[str, str]) -> str:
-    """A fresh, empty bucket for one test."""
-    import boto3
+def client(s3_env: dict[str, str]) -> Any:
+    """An S3 client of the suite's server, made as the product makes its own."""
+    from aimass import storage
 
+    return storage.make_client()
+
+
+@pytest.fixture
+def bucket(client: Any) -> str:
+    """A fresh, empty bucket for one test."""
     name = f"test-{uuid.uuid4().hex[:12]}"
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_server.endpoint,
-        aws_access_key_id=s3_server.access_key,
-        aws_secret_access_key=s3_server.secret_key,
-        region_name="us-east-1",
-    )
     client.create_bucket(Bucket=name)
     return name
 

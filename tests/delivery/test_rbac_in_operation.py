@@ -16,7 +16,6 @@ from typing import Any
 
 import aiohttp
 import attrs
-import boto3
 import kmock
 from prometheus_client import CollectorRegistry
 
@@ -35,6 +34,7 @@ from support.kube import (
     succeeded_status,
 )
 from support.harness import running_operator
+from support.images import put_placeholder_dataset
 from support.kube import DiscoveryMixin, register_crd
 
 NAMESPACE = "ml"
@@ -59,19 +59,8 @@ async def _until(check: Any, what: str, timeout: float = 15.0) -> None:
         await asyncio.sleep(0.05)
 
 
-def _dataset(s3_server: SeaweedServer, bucket: str) -> str:
-    """Two classes of dummy images in the (existing) bucket: the pre-flight only lists them."""
-    client = boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1",
-                          aws_access_key_id=s3_server.access_key,
-                          aws_secret_access_key=s3_server.secret_key)
-    for label in ("cat", "dog"):
-        for index in range(2):
-            client.put_object(Bucket=bucket, Key=f"train/{label}/{index}.png", Body=b"png")
-    return f"s3://{bucket}/train"
-
-
 async def test_every_request_the_running_operator_sends_is_allowed_by_its_role(
-    s3_server: SeaweedServer, bucket: str
+    s3_server: SeaweedServer, client: Any, bucket: str
 ) -> None:
     name = "rbac-probe"
     secret = {"AWS_ACCESS_KEY_ID": s3_server.access_key,
@@ -80,7 +69,8 @@ async def test_every_request_the_running_operator_sends_is_allowed_by_its_role(
         "apiVersion": "aimass.dev/v1alpha1", "kind": "TrainingJob",
         "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {
-            "dataset": {"train": _dataset(s3_server, bucket), "imageSize": [16, 16]},
+            "dataset": {"train": put_placeholder_dataset(client, f"s3://{bucket}/train"),
+                        "imageSize": [16, 16]},
             "output": {"uri": f"s3://{bucket}/models/{name}"},
             "storage": {"endpoint": s3_server.endpoint, "credentialsSecret": "s3"},
             "workers": 2,

@@ -18,6 +18,7 @@ from aimass.seaweed import SeaweedServer
 from aimass_operator import rbac
 from aimass_operator.metrics import OperatorMetrics
 from support.harness import NAMESPACE, SECRET_NAME, apply, eventually, running_operator
+from support.images import put_placeholder_dataset
 from support.kube import (
     EVENTS,
     JOBS,
@@ -31,18 +32,9 @@ from support.kube import (
 
 
 @pytest.fixture
-def dataset(s3_server: SeaweedServer, bucket: str) -> str:
+def dataset(client: Any, bucket: str) -> str:
     """A two-class dataset prefix; the pre-flight only lists it, so the bytes are dummies."""
-    import boto3
-
-    client = boto3.client(
-        "s3", endpoint_url=s3_server.endpoint, aws_access_key_id=s3_server.access_key,
-        aws_secret_access_key=s3_server.secret_key, region_name="us-east-1",
-    )
-    for label in ("cat", "dog"):
-        for i in range(3):
-            client.put_object(Bucket=bucket, Key=f"data/train/{label}/{i}.png", Body=b"png")
-    return f"s3://{bucket}/data/train"
+    return put_placeholder_dataset(client, f"s3://{bucket}/data/train", per_class=3)
 
 
 def make_job(name: str, train: str, endpoint: str, *, workers: int = 2,

@@ -114,3 +114,15 @@ def write_non_image(path: str | Path) -> Path:
 def upload_folder(client: Any, root: str | Path, uri: str) -> int:
     """Upload `root` to the S3 prefix `uri` (creating the bucket). Returns the file count."""
     return storage.upload_dir(client, root, uri)
+
+
+def put_placeholder_dataset(
+    client: Any, uri: str, classes: tuple[str, ...] = ("cat", "dog"), per_class: int = 2
+) -> str:
+    """Objects named like images under `uri/<class>/`, with dummy bytes: enough for a listing,
+    such as the operator's pre-flight, not for training. Returns `uri`."""
+    bucket, prefix = uri.removeprefix("s3://").split("/", 1)
+    for label in classes:
+        for index in range(per_class):
+            client.put_object(Bucket=bucket, Key=f"{prefix}/{label}/{index}.png", Body=b"png")
+    return uri

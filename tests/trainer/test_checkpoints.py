@@ -23,11 +23,6 @@ from aimass_trainer.run import InterruptGuard, run_training
 
 
 @pytest.fixture
-def client(s3_env: dict[str, str]) -> Any:
-    return storage.make_client()
-
-
-@pytest.fixture
 def dataset(client: Any, bucket: str, tmp_path: Path) -> str:
     return upload_shapes(client, bucket, tmp_path / "images")
 

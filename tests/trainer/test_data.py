@@ -25,11 +25,6 @@ CLASSES = ["circle", "cross", "square"]
 
 
 @pytest.fixture
-def client(s3_env: dict[str, str]) -> Any:
-    return storage.make_client()
-
-
-@pytest.fixture
 def dataset_uri(client: Any, bucket: str, tmp_path: Path) -> str:
     """Ten 20 px images of each of three classes in S3."""
     make_image_folder(tmp_path / "src", CLASSES, per_class=10, size=20)

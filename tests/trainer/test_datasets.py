@@ -12,11 +12,6 @@ from aimass.datasets import DatasetError, index_dataset, is_image_key, preflight
 from aimass.spec import parse_spec
 
 
-@pytest.fixture
-def client(s3_env: dict[str, str]) -> object:
-    return storage.make_client()
-
-
 def _spec(train: str, **dataset: object) -> object:
     return parse_spec({"dataset": {"train": train, **dataset}, "output": {"uri": "s3://out/x"}})
 

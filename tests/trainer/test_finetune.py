@@ -78,11 +78,6 @@ def changed(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> set[
     return {path for path in before if not np.array_equal(before[path], after[path])}
 
 
-@pytest.fixture
-def client(s3_env: dict[str, str]) -> Any:
-    return storage.make_client()
-
-
 def test_the_base_comes_from_an_earlier_jobs_model_in_s3_with_a_new_head(
     client: Any, bucket: str, tmp_path: Path
 ) -> None:

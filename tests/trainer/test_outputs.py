@@ -24,11 +24,6 @@ HISTORY = [
 ]
 
 
-@pytest.fixture
-def client(s3_env: dict[str, str]) -> Any:
-    return storage.make_client()
-
-
 def metrics() -> dict[str, Any]:
     return outputs.summarize(
         HISTORY,

@@ -12,11 +12,6 @@ from aimass import storage
 from aimass.storage import StorageError
 
 
-@pytest.fixture
-def client(s3_env: dict[str, str]) -> object:
-    return storage.make_client()
-
-
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
