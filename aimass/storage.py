@@ -15,7 +15,7 @@ from __future__ import annotations
 
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -90,11 +90,18 @@ def _as_prefix(key: str) -> str:
     return key if not key or key.endswith("/") else key + "/"
 
 
-def make_client(storage: Storage | None = None, *, workers: int = DEFAULT_WORKERS) -> Any:
+def make_client(
+    storage: Storage | None = None,
+    *,
+    workers: int = DEFAULT_WORKERS,
+    credentials: Mapping[str, str] | None = None,
+) -> Any:
     """An S3 client for `storage.endpoint`, else AWS_ENDPOINT_URL, else AWS itself.
 
-    Credentials come only from the environment (or boto3's usual chain), never from the spec.
-    Path-style addressing is used because MinIO and SeaweedFS expect it.
+    Credentials come from the environment (or boto3's usual chain), never from the spec; the
+    operator passes a job's Secret as `credentials` (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    optionally AWS_SESSION_TOKEN). Path-style addressing is used because MinIO and SeaweedFS
+    expect it.
     """
     endpoint = (storage.endpoint if storage else None) or os.environ.get("AWS_ENDPOINT_URL")
     region = (storage.region if storage else None) or os.environ.get(
@@ -107,7 +114,15 @@ def make_client(storage: Storage | None = None, *, workers: int = DEFAULT_WORKER
         read_timeout=60,
         max_pool_connections=max(10, workers * 2),
     )
-    return boto3.client("s3", endpoint_url=endpoint or None, region_name=region, config=config)
+    if credentials is None:
+        return boto3.client("s3", endpoint_url=endpoint or None, region_name=region, config=config)
+
+    session = boto3.session.Session(
+        aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token=credentials.get("AWS_SESSION_TOKEN"),
+    )
+    return session.client("s3", endpoint_url=endpoint or None, region_name=region, config=config)
 
 
 def _reason(error: BaseException) -> str:

@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-from typing import Any
 
-import boto3
-from botocore.config import Config
 
 from aimass import datasets, storage
 from aimass.spec import TrainingJobSpec
@@ -46,27 +42,6 @@ async def read_credentials(api: KubeApi, namespace: str, secret: str) -> dict[st
     }
 
 
-def make_s3_client(spec: TrainingJobSpec, credentials: dict[str, str] | None) -> Any:
-    """An S3 client for the job's endpoint, with the Secret's keys or else the environment's."""
-    if credentials is None:
-        return storage.make_client(spec.storage)
-    endpoint = spec.storage.endpoint or os.environ.get("AWS_ENDPOINT_URL")
-    session = boto3.session.Session(
-        aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
-        aws_session_token=credentials.get("AWS_SESSION_TOKEN"),
-    )
-    config = Config(
-        s3={"addressing_style": "path"},
-        retries={"max_attempts": 2, "mode": "standard"},
-        connect_timeout=5,
-        read_timeout=30,
-    )
-    return session.client(
-        "s3", endpoint_url=endpoint or None, region_name=spec.storage.region, config=config
-    )
-
-
 async def check_dataset(
     api: KubeApi, namespace: str, spec: TrainingJobSpec
 ) -> datasets.PreflightReport:
@@ -75,6 +50,6 @@ async def check_dataset(
     credentials = await read_credentials(api, namespace, secret) if secret else None
 
     def check() -> datasets.PreflightReport:
-        return datasets.preflight(spec, make_s3_client(spec, credentials))
+        return datasets.preflight(spec, storage.make_client(spec.storage, credentials=credentials))
 
     return await asyncio.to_thread(check)
